@@ -1,0 +1,74 @@
+"""One forward pass of a model, on a copy, recording each BN layer's real input and who produced it."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+from torch.utils._pytree import tree_leaves
+
+from .discover import find_batchnorms
+from .errors import BNCheckUsageError, one_line
+from .state import clone
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Per BN layer: its input on the example batch and the module whose output it was (if any);
+    per conv/linear layer: its input (what a conv→BN fusion check needs)."""
+
+    inputs: dict[str, torch.Tensor]
+    producers: dict[str, str]
+    producer_inputs: dict[str, torch.Tensor]
+    output: object
+
+
+def capture(model: nn.Module, example_input, *, train: bool | None = None) -> Capture:
+    """Run a copy of `model` (in its own modes, or all train/eval) on `example_input` under no_grad.
+
+    The user's model is never run: hooks, lazy initialization and running-stat updates all land on the copy.
+    """
+    twin = clone(model)
+    if train is not None:
+        twin.train(train)
+    names = {id(m): n for n, m in twin.named_modules()}
+    bns = find_batchnorms(twin)
+    inputs: dict[str, torch.Tensor] = {}
+    producers: dict[str, str] = {}
+    producer_inputs: dict[str, torch.Tensor] = {}
+    produced: dict[int, str] = {}
+    alive: list[torch.Tensor] = []  # keeps outputs alive so that id() stays unique during the pass
+
+    def on_output(module, args, output):
+        for t in tree_leaves(output):
+            if isinstance(t, torch.Tensor):
+                produced.setdefault(id(t), names[id(module)])
+                alive.append(t)
+
+    def on_producer_input(name):
+        def hook(module, args):
+            if name not in producer_inputs and args and isinstance(args[0], torch.Tensor):
+                producer_inputs[name] = args[0].detach().clone()
+        return hook
+
+    def on_bn_input(name):
+        def hook(module, args):
+            if name not in inputs and args and isinstance(args[0], torch.Tensor):
+                inputs[name] = args[0].detach().clone()
+                if id(args[0]) in produced:
+                    producers[name] = produced[id(args[0])]
+        return hook
+
+    handles = [m.register_forward_hook(on_output) for n, m in twin.named_modules() if n]
+    handles += [m.register_forward_pre_hook(on_bn_input(n)) for n, m in bns.items()]
+    handles += [m.register_forward_pre_hook(on_producer_input(n)) for n, m in twin.named_modules()
+                if isinstance(m, (_ConvNd, nn.Linear))]
+    try:
+        with torch.no_grad():
+            output = twin(*example_input) if isinstance(example_input, tuple) else twin(example_input)
+    except Exception as exc:  # the user's model rejected the input: say so in one line
+        raise BNCheckUsageError(f"the model rejected the example input: {one_line(exc)}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    return Capture(inputs, producers, producer_inputs, output)

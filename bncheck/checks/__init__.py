@@ -1,0 +1,22 @@
+"""The per-layer checks, by name: each is f(layer, x, *, name, seed) -> None or raises BNCheckError/BNCheckSkip."""
+
+from .backward import assert_backward
+from .eval import assert_eval_output, assert_eval_single_sample, assert_eval_state_unchanged
+from .formats import assert_dtype, assert_memory_format
+from .running import assert_running_stats
+from .train import assert_batch_stats, assert_single_value_raises, assert_standardization
+
+LAYER_CHECKS = {
+    "standardization": assert_standardization,
+    "batch_stats": assert_batch_stats,
+    "running_stats": assert_running_stats,
+    "eval_output": assert_eval_output,
+    "eval_state": assert_eval_state_unchanged,
+    "eval_single_sample": assert_eval_single_sample,
+    "single_value": assert_single_value_raises,
+    "backward": assert_backward,
+    "dtype": assert_dtype,
+    "memory_format": assert_memory_format,
+}
+
+__all__ = ["LAYER_CHECKS", *(f.__name__ for f in LAYER_CHECKS.values())]

@@ -1,0 +1,88 @@
+"""Eval mode: output from the running statistics, no state change, samples independent of each other."""
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from .. import oracle
+from ..compare import check_close, fail
+from ..discover import find_batchnorms
+from ..errors import BNCheckSkip, BNCheckUsageError
+from ..harness import LayerCase, params, run
+from ..state import Snapshot, clone
+from ..tolerances import tolerance
+
+
+def _modes(case: LayerCase) -> list[bool]:
+    """Eval mode; a frozen BN must behave the same in train mode too."""
+    return [False, True] if case.frozen else [False]
+
+
+def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
+    """Eval output is (x − running_mean)/sqrt(running_var + eps)·γ + β; batch stats when not tracking."""
+    case = LayerCase(layer, name, x, seed)
+    for probe in case.inputs:
+        for train in _modes(case):
+            twin = case.fresh()
+            weight, bias = params(twin)
+            batch = oracle.train_forward(probe.x, case.eps, weight, bias)
+            if case.tracks:
+                expected = oracle.eval_forward(probe.x, twin.running_mean, twin.running_var, case.eps, weight, bias)
+                hypotheses = [("eval mode normalizes with the batch statistics instead of the running ones", batch)]
+            else:
+                expected, hypotheses = batch, []
+            y = run(twin, probe.x, train=train)
+            check_close(y, expected, where=case.where(probe, "train mode" if train else "eval mode"),
+                        quantity="output", tol=tolerance(probe.x.dtype), axes=("sample", "channel"),
+                        hypotheses=hypotheses,
+                        cause="eval mode does not normalize with the running statistics and the layer's eps")
+
+
+def assert_eval_state_unchanged(layer, x, *, name: str = "", seed: int = 0) -> None:
+    """A forward in eval mode changes no buffer or parameter."""
+    case = LayerCase(layer, name, x, seed)
+    for probe in case.inputs:
+        for train in _modes(case):
+            twin = case.fresh()
+            twin.train(train)
+            before = Snapshot.of(twin)
+            run(twin, probe.x, train=train)
+            changed = before.differences(twin)
+            if changed:
+                raise fail(case.where(probe, "train mode" if train else "eval mode"),
+                           f"a forward changed the layer's state: {'; '.join(changed)}",
+                           "running statistics updated outside train mode")
+
+
+def _outputs(model: nn.Module, x) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [t for t in tree_leaves(model(x)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def assert_eval_single_sample(model: nn.Module, x, *, name: str = "", seed: int = 0, samples: int = 4) -> None:
+    """In eval mode one sample alone gives the same output as inside the batch (a layer or a whole model)."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 2:
+        raise BNCheckUsageError(f"{name or 'model'}: need a batch of at least 2 samples, got "
+                                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    where = name or type(model).__name__
+    for bn_name, bn in find_batchnorms(model).items():
+        if getattr(bn, "running_mean", None) is None:
+            raise BNCheckSkip(f"{where}: {bn_name or 'the layer'} has track_running_stats=False, so eval mode "
+                              "normalizes with batch statistics and samples are not independent by design")
+    if find_batchnorms(model).keys() == {""}:
+        twin = LayerCase(model, name, x, seed).fresh()
+    else:
+        twin = clone(model)
+    twin.eval()
+    batch = _outputs(twin, x)
+    tol = tolerance(x.dtype)
+    for i in range(min(samples, x.shape[0])):
+        alone = _outputs(twin, x[i:i + 1])
+        if len(alone) != len(batch):
+            raise fail(where, f"sample {i} alone gave {len(alone)} outputs, the batch {len(batch)}",
+                       "the output structure depends on the batch size")
+        for k, (a, b) in enumerate(zip(alone, batch)):
+            check_close(a, b[i:i + 1], where=f"{where}, eval mode, sample {i} alone vs in a batch of {x.shape[0]}",
+                        quantity=f"output {k}" if len(batch) > 1 else "output", tol=tol, axes=("sample", "channel"),
+                        cause="eval mode still uses batch statistics somewhere (a layer left in train mode, a "
+                              "functional batch_norm with training=True, or track_running_stats=False)")

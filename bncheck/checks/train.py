@@ -1,0 +1,86 @@
+"""Train-mode forward: standardization, the batch statistics behind it, and the n = 1 guard."""
+
+import torch
+
+from .. import oracle
+from ..compare import check_close, fail
+from ..harness import LayerCase, params, run
+from ..tolerances import tolerance
+
+
+def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
+    """With γ=1, β=0 in train mode, each channel's output has mean 0 and std sqrt(var/(var+eps)) ≈ 1."""
+    case = LayerCase(layer, name, x, seed)
+    case.require_train_mode()
+    for probe in case.inputs:
+        twin = case.fresh()
+        weight, bias = params(twin)
+        with torch.no_grad():
+            if weight is not None:
+                weight.fill_(1.0)
+            if bias is not None:
+                bias.zero_()
+        y = run(twin, probe.x, train=True)
+        stats_in, stats_out = oracle.batch_stats(probe.x), oracle.batch_stats(y)
+        tol = tolerance(probe.x.dtype)
+        cause = "the layer does not standardize each channel over N and the spatial dims (dims other than 1)"
+        check_close(stats_out.mean, torch.zeros_like(stats_out.mean), where=case.where(probe),
+                    quantity="per-channel mean of the output (γ=1, β=0)", tol=tol,
+                    cause=cause + ", or does not subtract the batch mean")
+        check_close(stats_out.var.sqrt(), (stats_in.var / (stats_in.var + case.eps)).sqrt(), where=case.where(probe),
+                    quantity="per-channel std of the output (γ=1, β=0)", tol=tol,
+                    cause=cause + ", or does not divide by sqrt(var + eps)")
+
+
+def assert_batch_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
+    """Train-mode output equals the oracle: (x − mean)/sqrt(var_biased + eps)·γ + β with the layer's own eps."""
+    case = LayerCase(layer, name, x, seed)
+    case.require_train_mode()
+    for probe in case.inputs:
+        twin = case.fresh()
+        weight, bias = params(twin)
+        stats = oracle.batch_stats(probe.x)
+        xp, eps = probe.x, case.eps
+        hypotheses = [
+            ("eps outside the sqrt: (x − mean)/(sqrt(var) + eps)",
+             _affine(oracle.normalize(xp, stats.mean, (stats.var.sqrt() + eps) ** 2, 0.0), weight, bias, xp)),
+            ("the normalization uses the unbiased variance; it must use the biased one",
+             oracle.normalize(xp, stats.mean, stats.unbiased_var, eps, weight, bias)),
+            ("affine applied in the wrong order: (x̂ + β)·γ instead of x̂·γ + β",
+             _affine(oracle.normalize(xp, stats.mean, stats.var, eps), weight, bias, xp, swapped=True)),
+            ("the running statistics are used in train mode instead of the batch statistics",
+             oracle.eval_forward(xp, case._state["running_mean"], case._state["running_var"], eps, weight, bias)
+             if case.tracks else None),
+            ("the layer ignores its eps (uses 1e-5, PyTorch's default)", oracle.train_forward(xp, 1e-5, weight, bias)),
+            ("the layer ignores its eps (uses 1e-3, Keras' default)", oracle.train_forward(xp, 1e-3, weight, bias)),
+        ]
+        y = run(twin, probe.x, train=True)
+        check_close(y, oracle.train_forward(xp, eps, weight, bias), where=case.where(probe, "train mode"),
+                    quantity="output", tol=tolerance(probe.x.dtype), axes=("sample", "channel"),
+                    hypotheses=[(c, h) for c, h in hypotheses if h is not None],
+                    cause="wrong batch statistics: reduction over the wrong dims, a wrong variance, or eps misplaced")
+
+
+def _affine(x_hat, weight, bias, x, swapped=False):
+    """x̂·γ + β, or (x̂ + β)·γ when swapped; None where the layer lacks γ or β for the swap to matter."""
+    w = None if weight is None else oracle.per_channel(weight.detach().double().cpu(), x)
+    b = None if bias is None else oracle.per_channel(bias.detach().double().cpu(), x)
+    if swapped:
+        return None if w is None or b is None else (x_hat + b) * w
+    return x_hat * (1.0 if w is None else w) + (0.0 if b is None else b)
+
+
+def assert_single_value_raises(layer, x, *, name: str = "", seed: int = 0) -> None:
+    """Train mode with one value per channel (n = 1) raises instead of returning garbage."""
+    case = LayerCase(layer, name, x, seed)
+    case.require_train_mode()
+    one = x.detach()[(slice(0, 1), slice(None)) + (slice(0, 1),) * (x.dim() - 2)]
+    try:
+        y = run(case.fresh(), one, train=True)
+    except Exception:
+        return
+    summary = "NaN" if bool(torch.isnan(y).any()) else f"values in [{float(y.min()):.4g}, {float(y.max()):.4g}]"
+    raise fail(f"{case.title}, input {tuple(one.shape)}, train mode",
+               f"one value per channel returned output ({summary}) instead of raising",
+               "no check that n > 1: a batch of one cannot be standardized (PyTorch raises "
+               "'Expected more than 1 value per channel when training')")

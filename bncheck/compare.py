@@ -1,0 +1,69 @@
+"""Compare a layer's result with the oracle and raise a BNCheckError a user can act on."""
+
+from collections.abc import Sequence
+
+import torch
+
+from .errors import BNCheckError
+from .tolerances import Tolerance
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.6g}"
+
+
+def _index(shape, flat: int, axes: Sequence[str]) -> str:
+    idx = []
+    for size in reversed(shape):
+        idx.append(flat % size)
+        flat //= size
+    idx.reverse()
+    names = list(axes) + [f"d{i}" for i in range(len(axes), len(idx))]
+    return ", ".join(f"{n}={i}" for n, i in zip(names, idx)) or "scalar"
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> torch.Tensor:
+    """Elementwise closeness; NaN/inf in `got` where `expected` is finite never counts as close."""
+    diff = (got - expected).abs()
+    return (diff <= tol.atol + tol.rtol * expected.abs()) | (got == expected)
+
+
+def matches(got: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> bool:
+    """Whether `got` equals `expected` within `tol` everywhere (shapes must agree)."""
+    got = got.detach().to("cpu", torch.float64)
+    expected = expected.detach().to("cpu", torch.float64)
+    return got.shape == expected.shape and bool(_close(got, expected, tol).all())
+
+
+def check_close(got, expected, *, where: str, quantity: str, tol: Tolerance, cause: str,
+                hypotheses: Sequence[tuple[str, torch.Tensor]] = (), axes: Sequence[str] = ("channel",)) -> None:
+    """Raise BNCheckError unless `got` ≈ `expected` (the oracle's float64 value).
+
+    `hypotheses` are (cause, what a known bug would give): the first that `got` matches names the likely cause.
+    """
+    got64 = got.detach().to("cpu", torch.float64)
+    exp64 = expected.detach().to("cpu", torch.float64)
+    if got64.shape != exp64.shape:
+        raise BNCheckError(f"{where}: {quantity} has shape {tuple(got64.shape)}, expected {tuple(exp64.shape)}. "
+                           f"Likely cause: {cause}")
+    close = _close(got64, exp64, tol)
+    if bool(close.all()):
+        return
+    diff = (got64 - exp64).abs().nan_to_num(nan=float("inf"))
+    excess = (diff - tol.atol - tol.rtol * exp64.abs()).flatten()
+    worst = int(excess.argmax())
+    for hypothesis, alternative in hypotheses:
+        if matches(got64, alternative, tol):
+            cause = hypothesis
+            break
+    bad = int((~close).sum())
+    raise BNCheckError(
+        f"{where}: {quantity} differs from the float64 oracle in {bad} of {close.numel()} elements "
+        f"({tol}); worst at {_index(got64.shape, worst, axes)}: expected {_fmt(exp64.flatten()[worst])}, "
+        f"got {_fmt(got64.flatten()[worst])}. Likely cause: {cause}"
+    )
+
+
+def fail(where: str, what: str, cause: str) -> BNCheckError:
+    """A BNCheckError for a failure that is not a numeric mismatch."""
+    return BNCheckError(f"{where}: {what}. Likely cause: {cause}")

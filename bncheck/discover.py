@@ -1,0 +1,53 @@
+"""Which modules of a model are BatchNorm layers, and of what kind."""
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+_TORCH_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+             nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
+
+
+def _has_buffer(module: nn.Module, name: str) -> bool:
+    return isinstance(module._buffers.get(name), torch.Tensor)
+
+
+def is_batchnorm(module: nn.Module) -> bool:
+    """torch's BN and its subclasses, or any module that looks like BN: its own running_mean/var buffers."""
+    if isinstance(module, _InstanceNorm):
+        return False
+    if isinstance(module, _BatchNorm):
+        return True
+    return _has_buffer(module, "running_mean") and _has_buffer(module, "running_var")
+
+
+def is_frozen(module: nn.Module) -> bool:
+    """A frozen BN (torchvision's FrozenBatchNorm2d and its kin): no momentum, γ/β are not Parameters.
+
+    It always normalizes with its stored statistics and has no train-mode behaviour of its own.
+    """
+    if isinstance(module, _BatchNorm):
+        return False
+    weight = getattr(module, "weight", None)
+    return not hasattr(module, "momentum") and not isinstance(weight, nn.Parameter)
+
+
+def kind_of(module: nn.Module) -> str:
+    """A short label: torch's class name, or 'Name, subclass of X' / 'Name, frozen' / 'Name, BN-like'."""
+    cls = type(module)
+    if cls in _TORCH_BN:
+        return cls.__name__
+    if isinstance(module, _BatchNorm):
+        base = next(b for b in cls.__mro__ if b in _TORCH_BN or b is _BatchNorm)
+        return f"{cls.__name__}, subclass of {base.__name__}"
+    if is_frozen(module):
+        return f"{cls.__name__}, frozen"
+    return f"{cls.__name__}, BN-like"
+
+
+def find_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
+    """Every BN-like layer of `model` by qualified name, in registration order; nested BN-likes included."""
+    if is_batchnorm(model):
+        return {"": model} | {n: m for n, m in model.named_modules() if n and is_batchnorm(m)}
+    return {name: m for name, m in model.named_modules() if is_batchnorm(m)}

@@ -1,0 +1,116 @@
+"""What bncheck runs on one model: every layer check on every BN layer, the model checks and the lints.
+
+The user's model is only ever cloned: the work happens on a copy moved to the chosen device."""
+
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from . import lints
+from .capture import capture
+from .checks import LAYER_CHECKS
+from .discover import find_batchnorms, kind_of
+from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning
+from .model_checks import MODEL_CHECKS
+from .spec import Loaded
+from .state import clone
+from .tolerances import LOW_PRECISION
+
+LINTS = {
+    "redundant_bias": lambda plan: lints.find_redundant_bias(plan.work, plan.example),
+    "keras_momentum": lambda plan: lints.find_keras_momentum(plan.work),
+    "frozen_affine": lambda plan: lints.find_frozen_affine_training(plan.work),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    input_shape: tuple[int, ...] | None = None
+    batch_size: int = 8
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    seed: int = 0
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class Case:
+    """One runnable check: `name` is stable across runs (the test id), `layer` is None for model-level ones."""
+
+    name: str
+    layer: str | None
+    run: Callable[[], None]
+
+
+def layer_label(name: str) -> str:
+    return name or "<model>"
+
+
+class Plan:
+    def __init__(self, loaded: Loaded, settings: Settings):
+        self.spec = loaded.spec
+        self.model = loaded.model  # the user's object: never run, never modified
+        self.settings = settings
+        self.example = self._example(loaded.example_input, settings)
+        self.work = clone(self.model).to(settings.device)
+        self.layers = find_batchnorms(self.model)
+        self.inputs = capture(self.work, self.example).inputs
+
+    def _example(self, given, settings: Settings):
+        if settings.input_shape is not None:
+            gen = torch.Generator().manual_seed(settings.seed)
+            given = torch.randn((settings.batch_size, *settings.input_shape), generator=gen)
+        if given is None:
+            raise BNCheckUsageError(f"--bncheck-model={self.spec}: no input shape: pass --bncheck-input-shape=C,H,W "
+                                    f"(one sample, without the batch dim), give the model an `example_input` "
+                                    f"attribute, or return (module, example_input) from the factory")
+        if isinstance(given, tuple):
+            return tuple(t.to(settings.device) for t in given)
+        return given.to(settings.device)
+
+    def header(self) -> str:
+        kinds = Counter(kind_of(m).split(",")[0] for m in self.layers.values())
+        found = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "none"
+        return (f"bncheck: {self.spec} on {self.settings.device}, {str(self.settings.dtype).removeprefix('torch.')}, "
+                f"torch {torch.__version__}; {len(self.layers)} BN layers ({found})")
+
+    def cases(self) -> list[Case]:
+        if not self.layers:
+            return [Case("no_batchnorm", None, self._no_batchnorm)]
+        cases = [Case(f"{check}[{layer_label(name)}]", name, self._layer_check(check, name))
+                 for name in self.layers for check in LAYER_CHECKS]
+        cases += [Case(f"model_{check}", None, self._model_check(check)) for check in MODEL_CHECKS]
+        cases += [Case(f"lint_{lint}", None, self._lint(lint)) for lint in LINTS]
+        return cases
+
+    def _no_batchnorm(self):
+        raise BNCheckSkip(f"{self.spec}: no BatchNorm layer found (torch BN, Lazy, Sync, frozen or BN-like)")
+
+    def _layer_check(self, check: str, name: str):
+        def run():
+            x = self.inputs.get(name)
+            if x is None:
+                raise BNCheckSkip(f"{layer_label(name)} was not called in the forward pass on the example input")
+            kwargs = {}
+            if check == "dtype":
+                low = self.settings.dtype
+                kwargs["dtypes"] = (low,) if low in LOW_PRECISION else LOW_PRECISION
+            LAYER_CHECKS[check](self.work.get_submodule(name), x, name=layer_label(name), seed=self.settings.seed,
+                                **kwargs)
+        return run
+
+    def _model_check(self, check: str):
+        return lambda: MODEL_CHECKS[check](self.work, self.example, name=self.spec)
+
+    def _lint(self, lint: str):
+        def run():
+            findings = LINTS[lint](self)
+            if findings and self.settings.strict:
+                raise BNCheckError(f"{self.spec}: lint {lint} failed under --bncheck-strict: "
+                                   + " | ".join(map(str, findings)))
+            for finding in findings:
+                warnings.warn(finding.message, BNCheckWarning, stacklevel=2)
+        return run
