@@ -16,10 +16,21 @@ from .checks import (
 )
 from .discover import find_batchnorms, is_batchnorm, kind_of
 from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning
+from .lints import find_frozen_affine_training, find_keras_momentum, find_redundant_bias, lint
+from .model_checks import (
+    MODEL_CHECKS,
+    assert_bn_ops_follow_mode,
+    assert_eval_no_state_change,
+    assert_fusion_matches,
+    assert_state_dict_roundtrip,
+    assert_train_differs_from_eval,
+)
 
 __all__ = [
-    "LAYER_CHECKS", "BNCheckError", "BNCheckSkip", "BNCheckUsageError", "BNCheckWarning",
-    "assert_backward", "assert_batch_stats", "assert_dtype", "assert_eval_output", "assert_eval_single_sample",
-    "assert_eval_state_unchanged", "assert_memory_format", "assert_running_stats", "assert_single_value_raises",
-    "assert_standardization", "capture", "find_batchnorms", "is_batchnorm", "kind_of",
+    "LAYER_CHECKS", "MODEL_CHECKS", "BNCheckError", "BNCheckSkip", "BNCheckUsageError", "BNCheckWarning",
+    "assert_backward", "assert_batch_stats", "assert_bn_ops_follow_mode", "assert_dtype", "assert_eval_no_state_change",
+    "assert_eval_output", "assert_eval_single_sample", "assert_eval_state_unchanged", "assert_fusion_matches",
+    "assert_memory_format", "assert_running_stats", "assert_single_value_raises", "assert_standardization",
+    "assert_state_dict_roundtrip", "assert_train_differs_from_eval", "capture", "find_batchnorms",
+    "find_frozen_affine_training", "find_keras_momentum", "find_redundant_bias", "is_batchnorm", "kind_of", "lint",
 ]

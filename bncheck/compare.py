@@ -1,6 +1,6 @@
 """Compare a layer's result with the oracle and raise a BNCheckError a user can act on."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -36,10 +36,12 @@ def matches(got: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> bool:
 
 
 def check_close(got, expected, *, where: str, quantity: str, tol: Tolerance, cause: str,
-                hypotheses: Sequence[tuple[str, torch.Tensor]] = (), axes: Sequence[str] = ("channel",)) -> None:
+                hypotheses: Sequence[tuple[str, Callable[[], torch.Tensor | None]]] = (),
+                axes: Sequence[str] = ("channel",)) -> None:
     """Raise BNCheckError unless `got` ≈ `expected` (the oracle's float64 value).
 
-    `hypotheses` are (cause, what a known bug would give): the first that `got` matches names the likely cause.
+    `hypotheses` are (cause, what a known bug would give, computed only on failure): the first that `got`
+    matches names the likely cause.
     """
     got64 = got.detach().to("cpu", torch.float64)
     exp64 = expected.detach().to("cpu", torch.float64)
@@ -53,7 +55,8 @@ def check_close(got, expected, *, where: str, quantity: str, tol: Tolerance, cau
     excess = (diff - tol.atol - tol.rtol * exp64.abs()).flatten()
     worst = int(excess.argmax())
     for hypothesis, alternative in hypotheses:
-        if matches(got64, alternative, tol):
+        alternative = alternative()
+        if alternative is not None and matches(got64, alternative, tol):
             cause = hypothesis
             break
     bad = int((~close).sum())

@@ -35,14 +35,14 @@ class LayerCase:
         gen = torch.Generator().manual_seed(self.seed)
         c = self.channels
         # Non-trivial state: γ=1, β=0, mean 0, var 1 would hide whole classes of bugs.
-        self._state = {
+        self.state = {
             "weight": 0.5 + 1.5 * torch.rand(c, generator=gen),
             "bias": torch.randn(c, generator=gen),
             "running_mean": torch.randn(c, generator=gen),
             "running_var": 0.5 + 2.0 * torch.rand(c, generator=gen),
         }
         probe = self.fresh()
-        for key in self._state:
+        for key in self.state:
             t = getattr(probe, key, None)
             if isinstance(t, torch.Tensor) and t.shape != (c,):
                 raise BNCheckUsageError(f"{self.name or 'layer'}: {key} has shape {tuple(t.shape)} but the input "
@@ -55,7 +55,7 @@ class LayerCase:
         # Only torch's own BN family promises momentum=None; a from-scratch layer may not offer it.
         self.momenta = [self.momentum] + ([None] if self.momentum is not None and isinstance(probe, _NormBase) else [])
         label = f"captured input {tuple(x.shape)}" if self.name else f"input {tuple(x.shape)}"
-        self.inputs = [Probe(label, x.detach())] + probes(x, self.eps, self.seed)
+        self.inputs = [Probe(label, x.detach().clone())] + probes(x, self.eps, self.seed)
 
     @property
     def title(self) -> str:
@@ -84,7 +84,7 @@ class LayerCase:
                 twin.eval()(self.x.detach()[:2].float())
             twin.train(training)
         with torch.no_grad():
-            for key, value in self._state.items():
+            for key, value in self.state.items():
                 t = getattr(twin, key, None)
                 if isinstance(t, torch.Tensor) and t.shape == value.shape:
                     t.copy_(value)
@@ -103,7 +103,7 @@ def params(layer: nn.Module):
 
 
 def run(layer: nn.Module, x: torch.Tensor, *, train: bool) -> torch.Tensor:
-    """The layer's output on x in train or eval mode, without autograd."""
+    """The layer's output on (a copy of) x in train or eval mode, without autograd."""
     layer.train(train)
     with torch.no_grad():
-        return layer(x)
+        return layer(x.clone(memory_format=torch.preserve_format))

@@ -20,7 +20,7 @@ def per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _f64(t):
-    return None if t is None else t.detach().to(device="cpu", dtype=torch.float64)
+    return None if t is None else t.detach().to(device="cpu", dtype=torch.float64, copy=True)
 
 
 @dataclass(frozen=True)

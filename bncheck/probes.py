@@ -1,5 +1,6 @@
 """The one place that builds probe inputs: batches shaped to make every BN constant and convention visible."""
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +28,14 @@ def probes(like: torch.Tensor, eps: float, seed: int = 0) -> list[Probe]:
     """
     if like.dim() not in _SHAPES:
         return []
-    c = like.shape[1]
-    batch, spatial = _SHAPES[like.dim()]
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    made = _made(like.dim(), like.shape[1], eps, seed)  # cached: hand out copies only
+    return [Probe(label, t.to(device=like.device, dtype=dtype, copy=True)) for label, t in made]
+
+
+@functools.lru_cache(maxsize=256)
+def _made(rank: int, c: int, eps: float, seed: int) -> list[tuple[str, torch.Tensor]]:
+    batch, spatial = _SHAPES[rank]
     gen = torch.Generator().manual_seed(seed)
     offset = _channel_pattern(c, torch.tensor([100.0, -40.0, 3.0, -100.0, 60.0, 0.0, 25.0]))
     scale = _channel_pattern(c, torch.tensor([0.5, 4.0, 1.5, 2.5, 1.0]))
@@ -41,11 +48,10 @@ def probes(like: torch.Tensor, eps: float, seed: int = 0) -> list[Probe]:
         z = (z - z.mean([0, *range(2, z.dim())], keepdim=True)) / z.std([0, *range(2, z.dim())], keepdim=True)
         return mean.view(view) + std.view(view) * z
 
-    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     ones = (1,) * len(spatial)
     made = {
         "offsets": shaped(batch, spatial, offset, scale),
         "near-eps": shaped(batch, spatial, torch.zeros(c), tiny),
         "few-values": shaped(2, ones, offset, scale),
     }
-    return [Probe(f"probe {name} {tuple(t.shape)}", t.to(device=like.device, dtype=dtype)) for name, t in made.items()]
+    return [(f"probe {name} {tuple(t.shape)}", t) for name, t in made.items()]

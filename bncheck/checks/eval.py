@@ -25,12 +25,12 @@ def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
         for train in _modes(case):
             twin = case.fresh()
             weight, bias = params(twin)
-            batch = oracle.train_forward(probe.x, case.eps, weight, bias)
+            batch = lambda: oracle.train_forward(probe.x, case.eps, weight, bias)  # noqa: E731
             if case.tracks:
                 expected = oracle.eval_forward(probe.x, twin.running_mean, twin.running_var, case.eps, weight, bias)
                 hypotheses = [("eval mode normalizes with the batch statistics instead of the running ones", batch)]
             else:
-                expected, hypotheses = batch, []
+                expected, hypotheses = batch(), []
             y = run(twin, probe.x, train=train)
             check_close(y, expected, where=case.where(probe, "train mode" if train else "eval mode"),
                         quantity="output", tol=tolerance(probe.x.dtype), axes=("sample", "channel"),

@@ -44,10 +44,10 @@ def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
             where = case.where(probe, f"momentum={momentum}, after train batch {step}")
             tol = tolerance(torch.float32)
             check_close(twin.running_mean, state.mean, where=where, quantity="running_mean", tol=tol,
-                        hypotheses=[(c, mean) for c, mean, _ in variants],
+                        hypotheses=[(c, lambda v=mean: v) for c, mean, _ in variants],
                         cause="wrong running-mean update (momentum convention, or the wrong batch mean)")
             check_close(twin.running_var, state.var, where=where, quantity="running_var", tol=tol,
-                        hypotheses=[(c, var) for c, _, var in variants],
+                        hypotheses=[(c, lambda v=var: v) for c, _, var in variants],
                         cause="wrong running-variance update (unbiased n/(n−1) factor, momentum, or eps added)")
             if case.has_num_batches and int(twin.num_batches_tracked) != state.num_batches_tracked:
                 raise fail(where, f"num_batches_tracked is {int(twin.num_batches_tracked)}, expected "

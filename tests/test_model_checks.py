@@ -1,0 +1,120 @@
+"""Model-level checks pass on real models and catch the model-level bugs they exist for."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from bncheck import BNCheckError, BNCheckSkip
+from bncheck.model_checks import MODEL_CHECKS
+from bncheck.state import Snapshot
+
+
+class EvalIgnoredBN(nn.BatchNorm2d):
+    """Mutant: calls the functional batch_norm with training=True whatever its mode."""
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, 0.1, self.eps)
+
+
+class TrainIgnoredBN(nn.BatchNorm2d):
+    """Mutant: always normalizes with the running statistics, so train() has no effect."""
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, self.eps)
+
+
+class UnsavedStatsBN(nn.Module):
+    """Mutant: running statistics are non-persistent buffers, lost by state_dict()."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+        self.register_buffer("running_mean", torch.zeros(c), persistent=False)
+        self.register_buffer("running_var", torch.ones(c), persistent=False)
+        self.momentum, self.eps = 0.1, 1e-5
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, 0.1, 1e-5)
+
+
+class EpsOutsideInEvalBN(nn.BatchNorm2d):
+    """Mutant: eval mode divides by sqrt(running_var) + eps, which is not what conv-BN fusion assumes."""
+
+    def forward(self, x):
+        if self.training:
+            return super().forward(x)
+        shape = (1, -1, 1, 1)
+        return ((x - self.running_mean.view(shape)) / (self.running_var.view(shape).sqrt() + self.eps)
+                * self.weight.view(shape) + self.bias.view(shape))
+
+
+def net(bn: nn.Module) -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), bn, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():  # a trained-looking state, so that eval vs train and fusion see real statistics
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.running_var[0] = 1e-4  # near eps: eps placement shows
+    return model
+
+
+X = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+MUTANTS = {
+    "bn_mode": EvalIgnoredBN(4),
+    "eval_state": EvalIgnoredBN(4),
+    "eval_single_sample": EvalIgnoredBN(4),
+    "train_vs_eval": TrainIgnoredBN(4),
+    "state_dict_roundtrip": UnsavedStatsBN(4),
+    "fusion": EpsOutsideInEvalBN(4),
+}
+
+
+@pytest.mark.parametrize("check", sorted(MUTANTS))
+def test_each_model_check_catches_its_mutant(check):
+    model = net(MUTANTS[check])
+    with pytest.raises(BNCheckError) as info:
+        MODEL_CHECKS[check](model, X, name="mutant-net")
+    assert "mutant-net" in str(info.value)
+    assert "Likely cause" in str(info.value) or "differs" in str(info.value)
+
+
+def test_every_model_check_has_a_mutant():
+    assert set(MODEL_CHECKS) == set(MUTANTS)
+
+
+CORRECT = {
+    "bn2d": lambda: (net(nn.BatchNorm2d(4)), X),
+    "frozen": lambda: (net(torchvision.ops.FrozenBatchNorm2d(4)), X),
+    "resnet18": lambda: (torchvision.models.resnet18(num_classes=5), torch.randn(4, 3, 32, 32)),
+    "mobilenet_v3_small": lambda: (torchvision.models.mobilenet_v3_small(num_classes=5), torch.randn(4, 3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("check", sorted(MODEL_CHECKS))
+@pytest.mark.parametrize("model_name", sorted(CORRECT))
+def test_correct_models_pass_and_are_unchanged(model_name, check):
+    model, x = CORRECT[model_name]()
+    snap = Snapshot.of(model)
+    try:
+        MODEL_CHECKS[check](model, x, name=model_name)
+    except BNCheckSkip:
+        pass
+    assert snap.differences(model) == []
+
+
+def test_mutant_models_are_unchanged_after_failing_checks():
+    for check, bn in MUTANTS.items():
+        model = net(bn)
+        model.eval()
+        model[0].weight.requires_grad_(False)
+        snap = Snapshot.of(model)
+        with pytest.raises(BNCheckError):
+            MODEL_CHECKS[check](model, X)
+        assert snap.differences(model) == [], check
+
+
+def test_train_vs_eval_skips_when_no_layer_tracks_stats():
+    with pytest.raises(BNCheckSkip, match="no BN layer"):
+        MODEL_CHECKS["train_vs_eval"](net(torchvision.ops.FrozenBatchNorm2d(4)), X)

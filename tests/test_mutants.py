@@ -1,0 +1,125 @@
+"""Proof by mutants: each planted BatchNorm defect is caught by the check that claims it, no check flags a
+correct layer, and no check changes the user's layer."""
+
+import pytest
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.ops import FrozenBatchNorm2d
+
+from bncheck import LAYER_CHECKS, BNCheckError, BNCheckSkip
+from bncheck.state import Snapshot
+from correct_layers import CORRECT_LAYERS
+from mutants import MUTANTS, CrashesOnSecondCall, DuckBN, GammaDetached, ScratchBN, UpdatesInEval, build, example_input
+
+# Mutants bncheck does not catch yet: kept in the corpus, expected to fail until the library catches them.
+KNOWN_MISSES = {
+    GammaDetached: "backward compares dγ only when weight.grad is not None, so a γ cut out of the graph "
+                   "(weight.requires_grad=True, weight.grad None) passes",
+}
+DIAGNOSED = [m for m in MUTANTS if hasattr(m, "diagnosis")]
+
+
+def _label(mutant) -> str:
+    return f"{mutant.__name__}-{mutant.caught_by}"
+
+
+def _params(mutants):
+    return [pytest.param(m, id=_label(m), marks=[pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                                                                   reason=KNOWN_MISSES[m])]
+                         if m in KNOWN_MISSES else []) for m in mutants]
+
+
+def _layer_name(mutant) -> str:
+    return f"corpus.{mutant.__name__}"
+
+
+def _caught(mutant) -> str:
+    """The message of the BNCheckError the mutant's check raises (the test fails if it raises none)."""
+    layer, x = build(mutant)
+    with pytest.raises(BNCheckError) as info:
+        LAYER_CHECKS[mutant.caught_by](layer, x, name=_layer_name(mutant))
+    return str(info.value)
+
+
+@pytest.mark.parametrize("mutant", _params(MUTANTS))
+def test_mutant_is_caught_by_its_check(mutant):
+    assert _layer_name(mutant) in _caught(mutant)
+
+
+@pytest.mark.parametrize("mutant", _params(MUTANTS))
+def test_mutants_correct_base_passes_the_same_check(mutant):
+    """What the check catches is the planted defect, not the options or the input the mutant is built with."""
+    layer, x = build(mutant, correct=True)
+    LAYER_CHECKS[mutant.caught_by](layer, x, name=_layer_name(mutant))
+
+
+@pytest.mark.parametrize("mutant", _params(DIAGNOSED))
+def test_likely_cause_names_the_planted_defect(mutant):
+    _, cause = _caught(mutant).split("Likely cause: ", 1)
+    assert mutant.diagnosis in cause
+
+
+@pytest.mark.parametrize("check", LAYER_CHECKS)
+@pytest.mark.parametrize("layer_id", CORRECT_LAYERS)
+def test_no_check_flags_a_correct_layer(layer_id, check):
+    layer, x = CORRECT_LAYERS[layer_id]()
+    try:
+        LAYER_CHECKS[check](layer, x, name=layer_id)
+    except BNCheckError as exc:
+        pytest.fail(f"{check} flagged the correct layer {layer_id}:\n{exc}", pytrace=False)
+
+
+def _frozen_weight(layer: nn.Module) -> nn.Module:
+    """The user froze γ: checks must leave requires_grad=False as it is."""
+    layer.weight.requires_grad_(False)
+    return layer
+
+
+STATE_CASES = {
+    "correct": lambda: _frozen_weight(ScratchBN(4)),
+    "lazy": lambda: _frozen_weight(nn.LazyBatchNorm2d()),
+    "failing-mutant": lambda: _frozen_weight(UpdatesInEval(4)),
+    "skipping": lambda: _frozen_weight(nn.BatchNorm2d(4, track_running_stats=False)),
+    "skipping-frozen": lambda: FrozenBatchNorm2d(4),
+    "crashing": lambda: _frozen_weight(CrashesOnSecondCall(4)),
+}
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["from-train", "from-eval"])
+@pytest.mark.parametrize("case", STATE_CASES)
+@pytest.mark.parametrize("check", LAYER_CHECKS)
+def test_check_leaves_the_users_layer_unchanged(check, case, train):
+    layer = STATE_CASES[case]().train(train)
+    x = example_input(4)
+    before = Snapshot.of(layer)
+    CrashesOnSecondCall.calls = 0
+    try:
+        LAYER_CHECKS[check](layer, x, name="user")
+    except (BNCheckError, BNCheckSkip, RuntimeError) as exc:
+        outcome = type(exc)
+    else:
+        outcome = None
+    if case == "crashing" and check != "single_value":  # single_value runs a single forward: nothing to crash
+        assert outcome is RuntimeError, "the planted crash did not stop the check midway"
+    assert before.differences(layer) == []
+    assert layer.training is train
+    assert not isinstance(layer.weight, nn.Parameter) or not layer.weight.requires_grad
+    assert all(p.grad is None for p in layer.parameters())
+
+
+def test_corpus_is_large_and_covers_every_check():
+    assert len(MUTANTS) >= 20 and len(set(MUTANTS)) == len(MUTANTS)
+    assert len(DIAGNOSED) >= 6
+    for mutant in MUTANTS:
+        assert mutant.caught_by in LAYER_CHECKS, _label(mutant)
+        assert mutant.rank in (2, 3, 4, 5), _label(mutant)
+        assert mutant.__doc__ and "\n" not in mutant.__doc__.strip(), f"{_label(mutant)}: one-line docstring"
+    caught = {m.caught_by for m in MUTANTS if m not in KNOWN_MISSES}
+    assert set(LAYER_CHECKS) - caught == set()
+
+
+def test_corpus_has_every_kind_of_layer():
+    """From-scratch layers, torch BN subclasses and duck-typed BN-likes (no torch BN, no ScratchBN) all appear."""
+    for kind in (ScratchBN, nn.BatchNorm2d, DuckBN):
+        assert any(issubclass(m, kind) for m in MUTANTS), kind.__name__
+    assert not issubclass(DuckBN, (ScratchBN, _BatchNorm))
