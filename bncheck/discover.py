@@ -1,6 +1,5 @@
 """Which modules of a model are BatchNorm layers, and of what kind."""
 
-import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
@@ -10,7 +9,8 @@ _TORCH_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
 
 
 def _has_buffer(module: nn.Module, name: str) -> bool:
-    return isinstance(module._buffers.get(name), torch.Tensor)
+    # A registered None counts: that is how a BN without running statistics declares them.
+    return name in module._buffers
 
 
 def is_batchnorm(module: nn.Module) -> bool:

@@ -77,8 +77,9 @@ def pytest_sessionstart(session):
 
 
 def pytest_ignore_collect(collection_path, config):
-    """With --bncheck-model and no test paths on the command line, only bncheck's items run."""
-    if _specs(config) and config.args_source != pytest.Config.ArgsSource.ARGS:
+    """With --bncheck-model on the command line and no test paths, only bncheck's items run (a model set in
+    the ini file adds bncheck's items to the usual collection instead)."""
+    if config.getoption("bncheck_model") and config.args_source != pytest.Config.ArgsSource.ARGS:
         return True
     return None
 

@@ -6,6 +6,8 @@ a phrase its "Likely cause" must contain (`diagnosis`). Its direct base class is
 check passes on the base, so what the check catches is the one overridden method.
 """
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -221,8 +223,9 @@ class NoBatchCounter(ScratchBN):
 class EpsAddedToRunningVar(ScratchBN):
     """eps is added to running_var on each update (a pre-computed denominator stored as the statistic)."""
     caught_by, rank = "running_stats", 4
+    diagnosis = "eps is added to the running variance"
     # With the default eps 1e-5 the drift is below float32 tolerance; Keras' 1e-3 (a ported layer) shows it.
-    options = {"eps": 1e-3}
+    options: ClassVar[dict] = {"eps": 1e-3}
 
     def update_running(self, x):
         super().update_running(x)
@@ -232,7 +235,7 @@ class EpsAddedToRunningVar(ScratchBN):
 class MomentumNoneAsDefault(nn.BatchNorm2d):
     """momentum=None is treated as 0.1 instead of the cumulative average 1/num_batches_tracked."""
     caught_by, rank, diagnosis = "running_stats", 4, "momentum=None is not treated as a cumulative average"
-    options = {"momentum": None}
+    options: ClassVar[dict] = {"momentum": None}
 
     def forward(self, x):
         if self.training:
@@ -304,6 +307,7 @@ class AffineSwapped(ScratchBN):
 class PerPositionStats(ScratchBN):
     """Reduces over the batch dim only: one mean and variance per channel and position."""
     caught_by, rank = "batch_stats", 4
+    diagnosis = "statistics over the batch dim only"
 
     def reduce_dims(self, x):
         return [0]
@@ -312,6 +316,7 @@ class PerPositionStats(ScratchBN):
 class PerSampleStats(ScratchBN):
     """Instance-norm style: reduces over the spatial dims of each sample, not over the batch."""
     caught_by, rank = "batch_stats", 3
+    diagnosis = "instance norm"
 
     def reduce_dims(self, x):
         return list(range(2, x.dim()))
@@ -321,8 +326,8 @@ class TrainUsesRunningStats(ScratchBN):
     """Normalizes with the running statistics in train mode too."""
     caught_by, rank, diagnosis = "batch_stats", 2, "running statistics are used in train mode"
 
-    def uses_batch_stats(self):
-        return not self.track_running_stats
+    def statistics(self, x):
+        return per_channel(self.running_mean, x), per_channel(self.running_var, x)
 
 
 class NoSingleValueGuard(ScratchBN):
@@ -392,7 +397,7 @@ class DxDropsVarianceTerm(TrainBNFunction):
 
     @staticmethod
     def backward(ctx, dy):
-        x_hat, inv_std, weight = ctx.saved_tensors
+        _, inv_std, weight = ctx.saved_tensors
         _, dgamma, dbeta, _ = TrainBNFunction.backward(ctx, dy)
         dx_hat = dy * per_channel(weight, dy)
         return inv_std * (dx_hat - dx_hat.mean(channel_dims(dy), keepdim=True)), dgamma, dbeta, None
@@ -404,13 +409,13 @@ class WrongDxFunction(ManualBackwardBN):
     function = DxDropsVarianceTerm
 
 
-class GammaDetached(nn.BatchNorm2d):
+class GammaDetached(ScratchBN):
     """γ enters the graph detached: weight.grad stays None although weight.requires_grad is True."""
     caught_by, rank = "backward", 4
+    diagnosis = "detached from the graph"
 
-    def forward(self, x):
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight.detach(), self.bias,
-                            self.training, self.momentum, self.eps)
+    def scale_shift(self, x_hat):
+        return x_hat * per_channel(self.weight.detach(), x_hat) + per_channel(self.bias, x_hat)
 
 
 # --- number formats and memory layouts ---------------------------------------------------------------------

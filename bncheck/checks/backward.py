@@ -14,8 +14,14 @@ def _gradients(twin, x, dy, train: bool):
     twin.zero_grad(set_to_none=True)
     twin(x).backward(dy)
     weight, bias = params(twin)
-    grad = lambda p: p.grad if isinstance(p, torch.nn.Parameter) and p.requires_grad else None  # noqa: E731
-    return x.grad, grad(weight), grad(bias)
+    return x.grad, _grad(weight), _grad(bias)
+
+
+def _grad(p):
+    """A trainable parameter's gradient; zeros when none reached it (a detached γ/β), None if not trainable."""
+    if not (isinstance(p, torch.nn.Parameter) and p.requires_grad):
+        return None
+    return torch.zeros_like(p) if p.grad is None else p.grad
 
 
 def assert_backward(layer, x, *, name: str = "", seed: int = 0) -> None:
@@ -49,7 +55,8 @@ def assert_backward(layer, x, *, name: str = "", seed: int = 0) -> None:
                         if train else [])
             for quantity, g, e in (("dγ (weight.grad)", got[1], expected.weight), ("dβ (bias.grad)", got[2], expected.bias)):
                 if g is not None:
-                    check_close(g, e, where=where, quantity=quantity, tol=tol, cause=cause)
+                    check_close(g, e, where=where, quantity=quantity, tol=tol, cause=cause, hypotheses=[
+                        ("no gradient reaches the parameter: it is detached from the graph", lambda: g * 0)])
 
 
 def _batch_mean_var(x):

@@ -8,7 +8,7 @@ from ..harness import LayerCase, run
 from ..tolerances import tolerance
 
 
-def _bug_variants(state: oracle.RunningStats, x, momentum):
+def _bug_variants(state: oracle.RunningStats, x, momentum, eps):
     """What a known bug would store after one step: (cause, mean, var)."""
     stats = oracle.batch_stats(x)
     m = oracle.momentum_factor(momentum, state.num_batches_tracked + 1)
@@ -23,6 +23,8 @@ def _bug_variants(state: oracle.RunningStats, x, momentum):
         ("the running statistics are not updated in train mode", state.mean, state.var),
         ("the running statistics are replaced by the batch statistics instead of averaged",
          stats.mean, stats.unbiased_var),
+        ("eps is added to the running variance (it belongs only inside the sqrt of the normalization)",
+         mix(state.mean, stats.mean, m), mix(state.var, stats.unbiased_var, m) + eps),
     ]
 
 
@@ -38,7 +40,7 @@ def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
         twin.momentum = momentum
         state = oracle.RunningStats.of(twin)
         for step, probe in enumerate(case.inputs, start=1):
-            variants = _bug_variants(state, probe.x, momentum)
+            variants = _bug_variants(state, probe.x, momentum, case.eps)
             run(twin, probe.x, train=True)
             state = oracle.update_running(state, probe.x, momentum)
             where = case.where(probe, f"momentum={momentum}, after train batch {step}")

@@ -55,12 +55,26 @@ def assert_batch_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
              lambda: oracle.train_forward(xp, 1e-5, weight, bias)),
             ("the layer ignores its eps (uses 1e-3, Keras' default)",
              lambda: oracle.train_forward(xp, 1e-3, weight, bias)),
+            ("statistics per sample over the spatial dims only (instance norm), not over the batch",
+             lambda: _normalized_over(xp, list(range(2, xp.dim())), eps, weight, bias)),
+            ("statistics over the batch dim only (per position), not over the spatial dims too",
+             lambda: _normalized_over(xp, [0], eps, weight, bias)),
         ]
         y = run(twin, probe.x, train=True)
         check_close(y, oracle.train_forward(xp, eps, weight, bias), where=case.where(probe, "train mode"),
                     quantity="output", tol=tolerance(probe.x.dtype), axes=("sample", "channel"),
                     hypotheses=hypotheses,
                     cause="wrong batch statistics: reduction over the wrong dims, a wrong variance, or eps misplaced")
+
+
+def _normalized_over(x, dims, eps, weight, bias):
+    """Train-mode BN with the statistics reduced over `dims` instead of all dims but 1 (a known bug)."""
+    if not dims:
+        return None
+    x = x.detach().double().cpu()
+    mean = x.mean(dims, keepdim=True)
+    x_hat = (x - mean) / torch.sqrt(((x - mean) ** 2).mean(dims, keepdim=True) + eps)
+    return _affine(x_hat, weight, bias, x)
 
 
 def _affine(x_hat, weight, bias, x, swapped=False):

@@ -1,0 +1,726 @@
+"""Throughput benchmarks a GPU engineer can trust: forward (train, eval) and backward of a model and of each of
+its BN layers, each BN layer against the copy roofline measured in the same run.
+
+How a time is taken (`measure`): the case builds a private copy of the model or layer (`bncheck.state.clone`,
+never the user's object) and its fixed-shape input, runs it `warmup` times, then times it with
+`torch.utils.benchmark.Timer.blocked_autorange`: blocks of N calls, the device synchronized by the clock at the
+start and end of each block only, N grown until the synchronize and clock cost is ≤ 0.01 % of a block. The
+figure is the median time per call. A synchronize per call would add its cost (µs) to every short kernel;
+none at all (pytest-benchmark's default timer) times the launches, not the kernels.
+
+Figures (`Result`): seconds per call; samples/s = batch size / time; for a BN layer (or a model that is one)
+bytes/s = `bn_min_bytes` / time and that as a fraction of the device's copy bandwidth (`copy_bandwidth`: a
+large `dst.copy_(src)`, read + write counted, in the case's dtype).
+
+What is run (`benchmark_cases`), for the chosen dtype and each memory format that applies:
+- forward_train: `module.train()`, autograd on (the graph a training step records), output discarded;
+- forward_eval: `module.eval()` under `torch.no_grad()`;
+- backward: `torch.autograd.grad` of the train-mode output (grad_output = ones) with respect to the
+  parameters that require grad (a model; the input too for a BN layer), `retain_graph=True`, so only the
+  backward pass is timed.
+float32/float64 cast the copy and input to that dtype; float16/bfloat16 are mixed precision as in training:
+the model copy keeps float32 parameters and runs under `torch.autocast`, a BN layer gets its input in the low
+dtype and keeps float32 γ/β/statistics (exactly what it sees inside an autocast model).
+channels_last applies to 4-D (channels_last) and 5-D (channels_last_3d) inputs.
+
+Left as found: the user's model (only clones run), `torch.backends.cudnn.benchmark` (set for the run, restored
+in a finally), the CPU/CUDA RNG (`torch.random.fork_rng`), torch's thread count, and device memory (every
+tensor a case allocates is released when its measurement ends; only the caching allocator keeps its cache).
+
+Without pytest: `python -m bncheck.bench SPEC --input-shape 3,224,224` (or `python -m bncheck bench ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import platform
+import sys
+import timeit
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from .discover import find_batchnorms, is_batchnorm, is_frozen
+from .errors import BNCheckSkip, BNCheckUsageError, one_line
+from .state import clone
+
+MODES = ("forward_train", "forward_eval", "backward")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+MODEL = "model"  # the target name of whole-model cases
+
+# Quick mode (CI): short measurements and a smaller (still larger than any CPU cache here) roofline copy.
+DEFAULT_MIN_RUN_TIME = {False: 0.2, True: 0.01}
+DEFAULT_WARMUP = {False: 10, True: 1}
+DEFAULT_COPY_BYTES = {("cpu", False): 64 << 20, ("cpu", True): 32 << 20,
+                      ("gpu", False): 512 << 20, ("gpu", True): 64 << 20}
+VECTOR_BYTES = 4  # γ, β, running and saved statistics are float32 (also for float16/bfloat16 input)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def memory_format_for(name: str, ndim: int) -> torch.memory_format | None:
+    """torch's memory format for `name` on an `ndim`-D tensor; None when it does not apply."""
+    if name == "contiguous":
+        return torch.contiguous_format
+    if name == "channels_last":
+        return {4: torch.channels_last, 5: torch.channels_last_3d}.get(ndim)
+    raise BNCheckUsageError(f"memory format {name!r}: expected one of {', '.join(MEMORY_FORMATS)}")
+
+
+def synchronizer(device: torch.device | str) -> Callable[[], None]:
+    """A zero-argument function that waits until `device` has finished all queued work (a no-op on CPU)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return _no_sync
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    backend = getattr(torch, device.type, None)
+    if backend is None or not hasattr(backend, "synchronize"):
+        raise BNCheckUsageError(f"cannot synchronize device {device}: torch.{device.type}.synchronize is missing")
+    return backend.synchronize
+
+
+def _no_sync() -> None:
+    return None
+
+
+def _clock(synchronize: Callable[[], None]) -> Callable[[], float]:
+    """torch.utils.benchmark's clock, but synchronizing the case's own device (not just the current one)."""
+    if synchronize is _no_sync:
+        return timeit.default_timer
+
+    def clock() -> float:
+        synchronize()
+        return timeit.default_timer()
+    return clock
+
+
+def _timer(fn: Callable[[], object], synchronize: Callable[[], None], label: str = "") -> torch.utils.benchmark.Timer:
+    from torch.utils.benchmark import Timer
+
+    return Timer("fn()", globals={"fn": fn}, timer=_clock(synchronize), num_threads=torch.get_num_threads(),
+                 label=label)
+
+
+# ---------------------------------------------------------------------------------------------------- roofline
+
+def copy_bandwidth(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, nbytes: int | None = None,
+                   *, min_run_time: float = 0.2) -> float:
+    """Bytes/s of `dst.copy_(src)` for two `nbytes` tensors on `device`, counting the read and the write
+    (2·nbytes per copy): the roofline a memory-bound op like BN is compared with. Median of
+    `blocked_autorange`; the tensors are freed before returning."""
+    device = torch.device(device)
+    if nbytes is None:
+        nbytes = DEFAULT_COPY_BYTES[("cpu" if device.type == "cpu" else "gpu", False)]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    n = max(1, nbytes // itemsize)
+    src = torch.ones(n, dtype=dtype, device=device)
+    dst = torch.empty_like(src)
+    try:
+        dst.copy_(src)  # first touch (page faults) outside the measurement
+        sync = synchronizer(device)
+        sync()
+        m = _timer(lambda: dst.copy_(src), sync, "copy").blocked_autorange(min_run_time=min_run_time)
+        return 2 * n * itemsize / m.median
+    finally:
+        del src, dst
+
+
+@dataclass
+class Roofline:
+    """The copy bandwidth of one (device, dtype), measured once on first use and shared by the cases of a run."""
+
+    device: torch.device
+    dtype: torch.dtype
+    nbytes: int
+    min_run_time: float = 0.2
+    value: float | None = None
+
+    @property
+    def bytes_per_s(self) -> float:
+        if self.value is None:
+            self.value = copy_bandwidth(self.device, self.dtype, self.nbytes, min_run_time=self.min_run_time)
+        return self.value
+
+
+# ---------------------------------------------------------------------------------------------------- byte model
+
+def bn_min_bytes(x: torch.Tensor | tuple[int, ...], mode: str, *, dtype: torch.dtype | None = None,
+                 affine: bool = True, running_stats: bool = True, batch_stats: bool = True) -> int:
+    """The bytes one BN call must at least move between memory and the chip: a lower bound (a fused single
+    pass, every byte touched once), so bytes/s from it is what the op achieves at the least.
+
+    X = numel·itemsize of the input (x, or a shape with `dtype`); C channels; vectors are float32 (4 B each).
+    - forward_eval:  read x, write y = 2X; read γ, β, running mean, running var (those present).
+    - forward_train: read x (at least once: the statistics need it before y can be written, so a real kernel
+      reads it twice unless x stays in cache), write y = 2X; read γ, β; read and write running mean and var;
+      write the saved mean and inverse std.
+    - backward (of train mode): read x and dy, write dx = 3X; read γ and the saved mean and inverse std; write
+      dγ, dβ. When the layer normalizes with fixed statistics (`batch_stats=False`: a frozen BN), dx = dy·scale
+      needs no x: read dy, write dx = 2X, read the per-channel scale.
+    Memory format and layout do not change the count.
+    """
+    if isinstance(x, torch.Tensor):
+        shape, itemsize = tuple(x.shape), x.element_size()
+    else:
+        shape, itemsize = tuple(x), torch.empty((), dtype=dtype or torch.float32).element_size()
+    if len(shape) < 2:
+        raise BNCheckUsageError(f"BN input must be (N, C, *), got shape {shape}")
+    big = math.prod(shape) * itemsize
+    c = shape[1]
+    if mode == "forward_eval":
+        tensors, vectors = 2, 2 * affine + 2 * running_stats
+    elif mode == "forward_train":
+        tensors, vectors = 2, 2 * affine + 4 * running_stats + 2
+    elif mode == "backward":
+        if batch_stats:
+            tensors, vectors = 3, affine + 2 + 2 * affine
+        else:
+            tensors, vectors = 2, 1
+    else:
+        raise BNCheckUsageError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    return tensors * big + vectors * c * VECTOR_BYTES
+
+
+# ---------------------------------------------------------------------------------------------------- cases
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One thing to time. `setup()` builds a private copy (never the user's model) and returns the zero-argument
+    function to time; it may raise BNCheckSkip. `synchronize()` waits for the case's device. `samples` and
+    `min_bytes` (BN targets only) turn a time into figures."""
+
+    name: str
+    target: str  # MODEL or a BN layer's qualified name
+    mode: str
+    setup: Callable[[], Callable[[], object]]
+    synchronize: Callable[[], None] = _no_sync
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    memory_format: str = "contiguous"
+    shape: tuple[int, ...] = ()
+    samples: int = 1
+    min_bytes: int | None = None
+    roofline: Roofline | None = None
+    min_run_time: float = 0.2
+    warmup: int = 10
+    cudnn_benchmark: bool | None = True  # None: leave torch.backends.cudnn.benchmark as it is
+
+    @property
+    def layer(self) -> str | None:
+        """The BN layer's name; None for a whole-model case."""
+        return None if self.target == MODEL else self.target
+
+    def info(self) -> dict:
+        """What was run, JSON-ready (pytest-benchmark's extra_info, `--json`)."""
+        return {"target": self.target, "mode": self.mode, "dtype": dtype_name(self.dtype),
+                "memory_format": self.memory_format, "device": str(self.device), "shape": list(self.shape),
+                "samples": self.samples, "min_bytes": self.min_bytes, "cudnn_benchmark": _cudnn_flag(self),
+                "num_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def _cudnn_flag(case: BenchCase) -> bool:
+    return torch.backends.cudnn.benchmark if case.cudnn_benchmark is None else case.cudnn_benchmark
+
+
+def case_name(mode: str, target: str, dtype: torch.dtype, memory_format: str) -> str:
+    """The stable id: bench_forward_train[layer1.0.bn1|float32|channels_last]."""
+    return f"bench_{mode}[{target}|{dtype_name(dtype)}|{memory_format}]"
+
+
+def _inputs_tuple(example) -> tuple:
+    return example if isinstance(example, tuple) else (example,)
+
+
+def _first_tensor(example) -> torch.Tensor:
+    for t in _inputs_tuple(example):
+        if isinstance(t, torch.Tensor):
+            return t
+    raise BNCheckUsageError("the example input holds no tensor")
+
+
+def _prepare(t, device, dtype, fmt):
+    """An input tensor on `device`, floating ones cast to `dtype`, 4-D/5-D ones in `fmt`; a fresh tensor."""
+    if not isinstance(t, torch.Tensor):
+        return t
+    t = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
+    return t.contiguous(memory_format=fmt) if t.dim() in (4, 5) else t
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype a private copy is cast to: None (keep float32 parameters) for mixed precision."""
+    return None if dtype in LOW_PRECISION else dtype
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype in LOW_PRECISION:
+        return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _call(module, xs):
+    return module(*xs)
+
+
+def _model_setup(model: nn.Module, example, mode: str, device, dtype, fmt) -> Callable[[], Callable[[], object]]:
+    def setup():
+        work = clone(model).to(device)
+        if _work_dtype(dtype) is not None:
+            work = work.to(_work_dtype(dtype))
+        if fmt is not torch.contiguous_format:
+            work = work.to(memory_format=fmt)
+        xs = tuple(_prepare(t, device, dtype, fmt) for t in _inputs_tuple(example))
+        work.train(mode != "forward_eval")
+        if mode == "forward_eval":
+            def fn():
+                with torch.no_grad(), _autocast(device, dtype):
+                    return _call(work, xs)
+            return fn
+        if mode == "forward_train":
+            def fn():
+                with torch.enable_grad(), _autocast(device, dtype):
+                    _call(work, xs)
+            return fn
+        return _backward_fn(work, xs, device, dtype, wrt_inputs=False)
+    return setup
+
+
+def _layer_setup(layer: nn.Module, x: torch.Tensor | None, mode: str, device, dtype, fmt, skip: str | None):
+    def setup():
+        if skip:
+            raise BNCheckSkip(skip)
+        work = clone(layer).to(device)
+        if _work_dtype(dtype) is not None:
+            work = work.to(_work_dtype(dtype))
+        xs = (_prepare(x, device, dtype, fmt),)
+        work.train(mode != "forward_eval")
+        if mode == "forward_eval":
+            def fn():
+                with torch.no_grad():
+                    return work(*xs)
+            return fn
+        if mode == "forward_train":
+            def fn():
+                with torch.enable_grad():
+                    work(*xs)
+            return fn
+        return _backward_fn(work, xs, device, dtype, wrt_inputs=True)
+    return setup
+
+
+def _backward_fn(work: nn.Module, xs: tuple, device, dtype, *, wrt_inputs: bool):
+    params = [p for p in work.parameters() if p.requires_grad]
+    inputs = [t for t in xs if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if wrt_inputs or not params:
+        for t in inputs:
+            t.requires_grad_(True)
+    else:
+        inputs = []
+    wrt = inputs + params
+    if not wrt:
+        raise BNCheckSkip("backward: nothing requires grad (no floating-point input, no trainable parameter)")
+    with torch.enable_grad(), _autocast(device, dtype):
+        out = _call(work, xs)
+    outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not outs:
+        raise BNCheckSkip("backward: no output requires grad")
+    grads = [torch.ones_like(t) for t in outs]
+
+    def fn():
+        return torch.autograd.grad(outs, wrt, grads, retain_graph=True, allow_unused=True)
+    return fn
+
+
+def _bytes_kwargs(layer: nn.Module) -> dict:
+    return {"affine": getattr(layer, "weight", None) is not None,
+            "running_stats": getattr(layer, "running_mean", None) is not None,
+            "batch_stats": not is_frozen(layer)}
+
+
+def benchmark_cases(model: nn.Module, example_input, *, device: torch.device | str | None = None,
+                    dtype: torch.dtype = torch.float32, memory_formats: Iterable[str] | None = None,
+                    modes: Iterable[str] = MODES, layers: Iterable[str] | None = None, quick: bool = False,
+                    min_run_time: float | None = None, warmup: int | None = None, cudnn_benchmark: bool | None = True,
+                    inputs: dict[str, torch.Tensor] | None = None, roofline: Roofline | None = None,
+                    copy_nbytes: int | None = None) -> list[BenchCase]:
+    """Every benchmark of `model` on `example_input` (a tensor or tuple; its shape is fixed): for the model and
+    each BN layer (`layers`: None = all, or the names to keep; the model itself is target "model"), for each mode
+    and each memory format (default: contiguous, and channels_last for 4-D/5-D inputs).
+
+    The user's model is only read: each case clones it (or the layer) when it is set up. A layer's input is its
+    real input in one forward pass of a copy (`bncheck.capture`; pass `inputs` to reuse a capture), kept on the
+    CPU until a case moves it to `device`. quick: short measurements and warm-up, for CI.
+    """
+    device = torch.device(device) if device is not None else _first_tensor(example_input).device
+    if isinstance(dtype, str):
+        from .spec import parse_dtype
+        dtype = parse_dtype(dtype)
+    modes = tuple(modes)
+    for m in modes:
+        if m not in MODES:
+            raise BNCheckUsageError(f"mode {m!r}: expected one of {', '.join(MODES)}")
+    formats = tuple(memory_formats) if memory_formats is not None else MEMORY_FORMATS
+    for f in formats:
+        memory_format_for(f, 4)  # validates the name
+    min_run_time = DEFAULT_MIN_RUN_TIME[quick] if min_run_time is None else min_run_time
+    warmup = DEFAULT_WARMUP[quick] if warmup is None else warmup
+    if roofline is None:
+        nbytes = copy_nbytes or DEFAULT_COPY_BYTES[("cpu" if device.type == "cpu" else "gpu", quick)]
+        roofline = Roofline(device, dtype, nbytes, min_run_time=max(min_run_time, 0.05))
+    sync = synchronizer(device)
+    common = dict(synchronize=sync, device=device, dtype=dtype, roofline=roofline, min_run_time=min_run_time,
+                  warmup=warmup, cudnn_benchmark=cudnn_benchmark)
+
+    bns = find_batchnorms(model)
+    x0 = _first_tensor(example_input)
+    samples = int(x0.shape[0]) if x0.dim() else 1
+
+    cases: list[BenchCase] = []
+    # The whole model; a model that is itself a BN layer also gets BN figures (and no separate layer case).
+    model_bytes = _bytes_kwargs(model) if "" in bns else None
+    for fmt_name in formats:
+        fmt = memory_format_for(fmt_name, x0.dim())
+        if fmt is None:
+            continue
+        for mode in modes:
+            min_bytes = None
+            if model_bytes is not None and x0.is_floating_point():
+                min_bytes = bn_min_bytes(tuple(x0.shape), mode, dtype=dtype, **model_bytes)
+            cases.append(BenchCase(case_name(mode, MODEL, dtype, fmt_name), MODEL, mode,
+                                   _model_setup(model, example_input, mode, device, dtype, fmt),
+                                   memory_format=fmt_name, shape=tuple(x0.shape), samples=samples,
+                                   min_bytes=min_bytes, **common))
+
+    wanted = [n for n in bns if n] if layers is None else [n for n in bns if n and n in set(layers)]
+    if layers is not None:
+        unknown = sorted(set(layers) - set(bns))
+        if unknown:
+            raise BNCheckUsageError(f"--layers: no BN layer named {', '.join(map(repr, unknown))}; the model's BN "
+                                    f"layers are {', '.join(n for n in bns if n) or 'none'}")
+    if not wanted:
+        return cases
+    if inputs is None:
+        from .capture import capture
+        inputs = {n: t.detach().cpu() for n, t in capture(model, example_input).inputs.items() if n in wanted}
+    for name in wanted:
+        layer = bns[name]
+        x = inputs.get(name)
+        shape = tuple(x.shape) if x is not None else ()
+        ndim = x.dim() if x is not None else 2
+        for fmt_name in formats:
+            fmt = memory_format_for(fmt_name, ndim)
+            if fmt is None:
+                continue
+            for mode in modes:
+                skip = None
+                if x is None:
+                    skip = f"{name} was not called in the forward pass on the example input"
+                elif mode != "forward_eval" and not is_frozen(layer) and x.numel() // max(1, shape[1]) <= 1:
+                    skip = f"{name}: train mode needs more than 1 value per channel, its input is {shape}"
+                min_bytes = (bn_min_bytes(shape, mode, dtype=dtype, **_bytes_kwargs(layer))
+                             if x is not None and x.dim() >= 2 else None)
+                cases.append(BenchCase(case_name(mode, name, dtype, fmt_name), name, mode,
+                                       _layer_setup(layer, x, mode, device, dtype, fmt, skip),
+                                       memory_format=fmt_name, shape=shape,
+                                       samples=int(shape[0]) if shape else samples, min_bytes=min_bytes, **common))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+
+@contextlib.contextmanager
+def environment(case: BenchCase):
+    """The settings a measurement runs under, restored afterwards whatever happens: cudnn.benchmark (the case's
+    value, or left as is when None) and the RNG state of the CPU and the case's CUDA device."""
+    saved = torch.backends.cudnn.benchmark
+    devices = [case.device] if case.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=case.device.type if devices else "cuda"):
+            if case.cudnn_benchmark is not None:
+                torch.backends.cudnn.benchmark = case.cudnn_benchmark
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+@contextlib.contextmanager
+def prepared(case: BenchCase, *, warmup: int | None = None):
+    """Inside `environment(case)`: the case's function, built and warmed up (then the device synchronized);
+    every tensor it holds is released on exit."""
+    with environment(case):
+        fn = case.setup()
+        try:
+            for _ in range(case.warmup if warmup is None else warmup):
+                fn()
+            case.synchronize()
+            yield fn
+        finally:
+            case.synchronize()
+            del fn
+
+
+@dataclass(frozen=True)
+class Result:
+    """The figures of one case. time_s is the median seconds per call; skipped holds the reason when the case
+    could not run (and the figures are None)."""
+
+    case: BenchCase
+    time_s: float | None
+    iqr_s: float | None = None
+    samples_per_s: float | None = None
+    bytes_per_s: float | None = None
+    copy_bytes_per_s: float | None = None
+    fraction_of_copy: float | None = None
+    number_per_run: int | None = None
+    runs: int | None = None
+    skipped: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.case.name
+
+    @classmethod
+    def of(cls, case: BenchCase, time_s: float, *, iqr_s: float | None = None, copy_bytes_per_s: float | None = None,
+           number_per_run: int | None = None, runs: int | None = None) -> "Result":
+        bytes_per_s = case.min_bytes / time_s if case.min_bytes is not None else None
+        fraction = bytes_per_s / copy_bytes_per_s if bytes_per_s is not None and copy_bytes_per_s else None
+        return cls(case, time_s, iqr_s, case.samples / time_s, bytes_per_s, copy_bytes_per_s if bytes_per_s else None,
+                   fraction, number_per_run, runs)
+
+    def figures(self) -> dict:
+        """JSON-ready figures (pytest-benchmark's extra_info, `--json`)."""
+        return {"time_s": self.time_s, "iqr_s": self.iqr_s, "samples_per_s": self.samples_per_s,
+                "bytes_per_s": self.bytes_per_s, "copy_bytes_per_s": self.copy_bytes_per_s,
+                "fraction_of_copy": self.fraction_of_copy, "number_per_run": self.number_per_run, "runs": self.runs,
+                "skipped": self.skipped}
+
+    def __repr__(self) -> str:
+        if self.skipped:
+            return f"<Result {self.name}: skipped ({self.skipped})>"
+        extra = f", {self.bytes_per_s / 1e9:.1f} GB/s" if self.bytes_per_s else ""
+        extra += f" = {self.fraction_of_copy:.2f} of copy" if self.fraction_of_copy else ""
+        return f"<Result {self.name}: {_fmt_time(self.time_s)}, {self.samples_per_s:.1f} samples/s{extra}>"
+
+
+def _copy_figure(case: BenchCase) -> float | None:
+    if case.min_bytes is None or case.roofline is None:
+        return None
+    return case.roofline.bytes_per_s
+
+
+def measure(case: BenchCase, *, min_run_time: float | None = None) -> Result:
+    """Time `case` with torch.utils.benchmark's `blocked_autorange` (see the module docstring) and turn the
+    median into figures. A case that cannot run returns a skipped Result."""
+    try:
+        copy = _copy_figure(case)  # measured (once per roofline) before the case allocates anything
+        with prepared(case) as fn:
+            m = _timer(fn, case.synchronize, case.name).blocked_autorange(
+                min_run_time=case.min_run_time if min_run_time is None else min_run_time)
+            del fn  # the case's tensors die with the `with` block, not with this frame
+    except BNCheckSkip as exc:
+        return Result(case, None, skipped=str(exc))
+    return Result.of(case, m.median, iqr_s=m.iqr, copy_bytes_per_s=copy, number_per_run=m.number_per_run,
+                     runs=len(m.raw_times))
+
+
+# ---------------------------------------------------------------------------------------------------- reporting
+
+def _fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def header(spec: str, results: Sequence[Result]) -> list[str]:
+    """The lines that state the conditions: device, torch, cudnn.benchmark, shapes, and each copy roofline."""
+    if not results:
+        return [f"bncheck bench: {spec}: nothing to run"]
+    case = results[0].case
+    flag = _cudnn_flag(case)
+    lines = [f"bncheck bench: {spec} on {device_label(case.device)}, torch {torch.__version__}, "
+             f"cudnn.benchmark={flag}{' (no effect on cpu)' if case.device.type == 'cpu' else ''}, "
+             f"input {tuple(case.shape)}, median of blocked_autorange (min_run_time {case.min_run_time:g} s)"]
+    seen = set()
+    for r in results:
+        roof = r.case.roofline
+        if roof is not None and roof.value is not None and id(roof) not in seen:
+            seen.add(id(roof))
+            lines.append(f"copy roofline ({dtype_name(roof.dtype)}, 2 x {roof.nbytes >> 20} MiB moved per copy): "
+                         f"{roof.value / 1e9:.1f} GB/s")
+    return lines
+
+
+def format_table(results: Sequence[Result], *, markdown: bool = False) -> str:
+    """One row per case: time per call, samples/s (model), GB/s and fraction of copy bandwidth (BN targets)."""
+    head = ("case", "time", "samples/s", "GB/s", "of copy")
+    rows = []
+    for r in results:
+        if r.skipped:
+            rows.append((r.name, f"skipped: {r.skipped}", "", "", ""))
+            continue
+        rows.append((r.name, _fmt_time(r.time_s),
+                     _fmt(r.samples_per_s, ",.0f") if r.case.layer is None else "",
+                     _fmt(r.bytes_per_s and r.bytes_per_s / 1e9, ".3g") if r.case.min_bytes else "",
+                     _fmt(r.fraction_of_copy, ".2f") if r.case.min_bytes else ""))
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+        lines += ["| " + " | ".join(f"`{row[0]}`" if i == 0 else c for i, c in enumerate(row)) + " |"
+                  for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
+    out = []
+    for row in [head, *rows]:
+        if row[1].startswith("skipped"):
+            out.append(f"{row[0]:<{widths[0]}}  {row[1]}")
+        else:
+            out.append(f"{row[0]:<{widths[0]}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(row[1:], widths[1:])))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------- no pytest
+
+def _parse_list(text: str | Sequence[str] | None, default: Sequence[str]) -> tuple[str, ...]:
+    if text is None:
+        return tuple(default)
+    if isinstance(text, str):
+        return tuple(p for p in text.replace(" ", "").split(",") if p)
+    return tuple(text)
+
+
+def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str | None = None, *, batch_size: int = 8,
+              device: str | torch.device = "auto", dtypes: Sequence[str | torch.dtype] | str = ("float32",),
+              memory_formats: Sequence[str] | str | None = None, modes: Sequence[str] | str = MODES,
+              layers: Sequence[str] | str | None = None, quick: bool = False, min_run_time: float | None = None,
+              cudnn_benchmark: bool | None = True, seed: int = 0,
+              progress: Callable[[Result], None] | None = None) -> list[Result]:
+    """Load SPEC ('module.path:attr', as the plugin) or take a model, build the input (`input_shape` is one
+    sample's shape; else the spec's example input), and measure every case for each dtype. `layers`: None = all
+    BN layers, "none" (or []) = the model only, or names. `progress` is called with each Result as it comes."""
+    from . import spec as spec_mod
+
+    if isinstance(spec_or_model, nn.Module):
+        spec, model, example = type(spec_or_model).__name__, spec_or_model, getattr(spec_or_model, "example_input",
+                                                                                     None)
+    else:
+        loaded = spec_mod.load(spec_or_model)
+        spec, model, example = loaded.spec, loaded.model, loaded.example_input
+    if isinstance(input_shape, str):
+        input_shape = spec_mod.parse_shape(input_shape)
+    if input_shape is not None:
+        example = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed))
+    if example is None:
+        raise BNCheckUsageError(f"{spec}: no input shape: pass --input-shape C,H,W (one sample, without the batch "
+                                f"dim), or give the model an `example_input` attribute")
+    dev = spec_mod.parse_device(device) if isinstance(device, str) else torch.device(device)
+    dtype_list = [spec_mod.parse_dtype(d) if isinstance(d, str) else d for d in _parse_list(dtypes, ())]
+    if isinstance(layers, str):
+        layers = [] if layers in ("none", "") else None if layers == "all" else list(_parse_list(layers, ()))
+    formats = _parse_list(memory_formats, MEMORY_FORMATS)
+    mode_list = _parse_list(modes, MODES)
+    example = tuple(t.to(dev) for t in example) if isinstance(example, tuple) else example.to(dev)
+    inputs = None
+    if layers != []:  # one capture (on a copy) serves every dtype
+        from .capture import capture
+        inputs = {n: t.detach().cpu() for n, t in capture(model, example).inputs.items()}
+    results = []
+    for dtype in dtype_list:
+        cases = benchmark_cases(model, example, device=dev, dtype=dtype, memory_formats=formats, modes=mode_list,
+                                layers=layers, quick=quick, min_run_time=min_run_time,
+                                cudnn_benchmark=cudnn_benchmark, inputs=inputs)
+        for case in cases:
+            result = measure(case)
+            results.append(result)
+            if progress:
+                progress(result)
+    return results
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("spec", help="module.path:attr (an nn.Module or zero-argument factory), e.g. "
+                                "torchvision.models:resnet50 or torch.nn:LazyBatchNorm2d")
+    p.add_argument("--input-shape", help="one sample's shape without the batch dim, e.g. 3,224,224")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16,float16,float64")
+    p.add_argument("--memory-format", default="contiguous,channels_last",
+                   help="comma-separated: contiguous,channels_last (channels_last only for 4-D/5-D inputs)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ",".join(MODES))
+    p.add_argument("--layers", default="all", help="all, none (the model only) or comma-separated BN layer names")
+    p.add_argument("--min-run-time", type=float, default=None, help="seconds of timing per case (default 0.2)")
+    p.add_argument("--quick", action="store_true", help="short measurements (CI smoke run)")
+    p.add_argument("--no-cudnn-benchmark", action="store_true", help="run with torch.backends.cudnn.benchmark off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    p.add_argument("--json", metavar="PATH", help="also write every case and figure to PATH")
+    return p
+
+
+def add_subparser(subparsers) -> argparse.ArgumentParser:
+    """Register `bench` on `python -m bncheck`'s subparsers (sets func=cli)."""
+    p = subparsers.add_parser("bench", help="throughput benchmarks of a model and its BN layers",
+                              description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    p.set_defaults(func=cli)
+    return p
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Run the benchmarks an argparse namespace describes and print the table (rows as they come)."""
+    if args.batch_size < 2 and "forward_train" in args.modes:
+        raise BNCheckUsageError("--batch-size must be at least 2 for train-mode BN (or pass --modes forward_eval)")
+    def progress(result: Result):  # rows as they come on stderr; the table on stdout at the end
+        print(format_table([result]).splitlines()[-1], file=sys.stderr, flush=True)
+
+    print(f"bncheck bench: {args.spec} ...", file=sys.stderr, flush=True)
+    results = run_bench(args.spec, args.input_shape, batch_size=args.batch_size, device=args.device,
+                        dtypes=args.dtype, memory_formats=args.memory_format, modes=args.modes, layers=args.layers,
+                        quick=args.quick, min_run_time=args.min_run_time,
+                        cudnn_benchmark=False if args.no_cudnn_benchmark else True, seed=args.seed,
+                        progress=progress)
+    print("\n".join(header(args.spec, results)))
+    print(format_table(results, markdown=args.markdown))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": header(args.spec, results),
+                       "results": [{"name": r.name, **r.case.info(), **r.figures()} for r in results]}, f, indent=1)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m bncheck.bench",
+                                                   description=__doc__.split("\n\n")[0]))
+    args = parser.parse_args(argv)
+    try:
+        return cli(args)
+    except BNCheckUsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a model that fails under benchmark: one line, like the checks
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Tiny models for tests/test_plugin.py.
+
+test_plugin.py writes this file's text into each pytester directory as `bnmodels.py`, so that the inner pytest
+run (in-process or in a subprocess) loads them as `--bncheck-model=bnmodels:<name>`. Everything here is small
+(a few channels, 8x8 inputs) so that a whole plugin run takes about a second.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SEEN: list = []  # (shape, first value) of every input Recorder.forward saw: makes the example input observable
+
+
+def _x(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+class Net(nn.Module):
+    """Two BN layers of two kinds, nested (features.1) and top level (bn1); bias-free producers (no lint)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.fc = nn.Linear(4, 6, bias=False)
+        self.bn1 = nn.BatchNorm1d(6)
+
+    def forward(self, x):
+        return self.bn1(self.fc(self.features(x).mean((2, 3))))
+
+
+net = Net()
+net.example_input = _x(4, 3, 8, 8)
+
+
+def _plain():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+
+
+plain = _plain()  # no example_input: needs --bncheck-input-shape
+
+
+def factory():
+    """A zero-argument factory returning (module, example_input): 2 input channels, unlike `plain`."""
+    return nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3)), _x(4, 2, 8, 8)
+
+
+def module_factory():
+    """A zero-argument factory returning only a module (no input: needs --bncheck-input-shape)."""
+    return _plain()
+
+
+class Holder:
+    class Inner:
+        model = _plain()  # reached as bnmodels:Holder.Inner.model
+
+
+class Recorder(nn.Module):
+    """Records the shape and first value of every input, to observe --bncheck-input-shape/-batch-size/-seed."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        SEEN.append((tuple(x.shape), float(x.flatten()[0])))
+        return self.bn(self.conv(x))
+
+
+recorder = Recorder()
+
+
+class FlippedMomentumBN(nn.BatchNorm2d):
+    """Broken: the Keras/TF momentum convention, running = m·running + (1 − m)·batch."""
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                            1.0 - self.momentum, self.eps)
+
+
+flipped = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), FlippedMomentumBN(4))
+flipped.example_input = _x(4, 3, 8, 8)
+
+
+class NoBFloat16BN(nn.BatchNorm2d):
+    """Broken in bfloat16 only: its output comes back as float32 (float16 is fine)."""
+
+    def forward(self, x):
+        y = super().forward(x.float() if x.dtype == torch.bfloat16 else x)
+        return y
+
+
+no_bf16 = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), NoBFloat16BN(4))
+no_bf16.example_input = _x(4, 3, 8, 8)
+
+# Lints: a conv with a bias feeding BN, Keras's momentum, frozen γ/β in train mode.
+biased = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4))
+biased.example_input = _x(4, 3, 8, 8)
+
+keras = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, momentum=0.99))
+keras.example_input = _x(4, 3, 8, 8)
+
+frozen_affine = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
+frozen_affine[1].weight.requires_grad_(False)
+frozen_affine[1].bias.requires_grad_(False)
+frozen_affine.example_input = _x(4, 3, 8, 8)
+
+# Eval mode with one frozen parameter: the plugin must not switch it to train mode or unfreeze it.
+eval_frozen = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU()).eval()
+eval_frozen[0].weight.requires_grad_(False)
+eval_frozen.example_input = _x(4, 3, 8, 8)
+
+nobn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+nobn.example_input = _x(4, 3, 8, 8)
+
+# Bad inputs.
+not_a_model = 3
+
+
+def raising_factory():
+    raise RuntimeError("cannot build the model\nsecond line of the message")
+
+
+def returns_int():
+    return 7

@@ -1,0 +1,54 @@
+"""Speed benchmarks (pytest-benchmark) behind docs/PERFORMANCE.md; each also asserts the run is all green."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+from bncheck import LAYER_CHECKS, BNCheckSkip, capture, find_batchnorms
+
+PLUGIN_RUN = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+              "--bncheck-model=torchvision.models:resnet18", "--bncheck-input-shape=3,64,64"]
+IMPORTS = [sys.executable, "-c", "import torch, torchvision, pytest, bncheck.plugin"]
+
+
+def _all_layer_checks(model, x) -> int:
+    """Every per-layer check on every BN layer, each on its captured input; returns how many ran."""
+    inputs = capture(model, x).inputs
+    ran = 0
+    for name, layer in find_batchnorms(model).items():
+        for check in LAYER_CHECKS.values():
+            try:
+                check(layer, inputs[name], name=name)
+                ran += 1
+            except BNCheckSkip:
+                pass
+    return ran
+
+
+@pytest.mark.slow
+def test_all_layer_checks_on_resnet50(benchmark):
+    model = torchvision.models.resnet50()
+    x = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert len(find_batchnorms(model)) == 53
+    ran = benchmark.pedantic(_all_layer_checks, args=(model, x), rounds=1, iterations=1)
+    assert ran == 53 * len(LAYER_CHECKS)
+
+
+def _run(cmd):
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_plugin_run_on_resnet18(benchmark, tmp_path):
+    out = benchmark.pedantic(_run, args=(PLUGIN_RUN,), kwargs={}, rounds=1, iterations=1)
+    assert "209 passed" in out
+
+
+@pytest.mark.slow
+def test_import_share_of_a_plugin_run(benchmark):
+    benchmark.pedantic(_run, args=(IMPORTS,), rounds=3, iterations=1)
