@@ -32,11 +32,26 @@ def pytest_addoption(parser):
         parser.addini(ini, help=help_text, type=ini_type, default=None)
 
 
+def _not_given(value) -> bool:
+    # `is`, not `in`: 0 == False, and --bncheck-seed=0 is a value, not an absence.
+    return value is None or value is False or (isinstance(value, (str, list)) and not value)
+
+
 def _setting(config, ini: str):
     value = config.getoption(ini)
-    if value in (None, False, []):
+    if _not_given(value):
         value = config.getini(ini)
-    return _DEFAULTS.get(ini) if value in (None, "", []) else value
+    return _DEFAULTS.get(ini) if _not_given(value) else value
+
+
+def _integer(config, ini: str) -> int:
+    value = _setting(config, ini)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        from bncheck.errors import BNCheckUsageError
+
+        raise BNCheckUsageError(f"{ini} = {value!r}: expected an integer") from None
 
 
 def _specs(config) -> list[str]:
@@ -63,10 +78,10 @@ def pytest_sessionstart(session):
         shape = _setting(config, "bncheck_input_shape")
         settings = Settings(
             input_shape=spec_mod.parse_shape(shape) if shape else None,
-            batch_size=int(_setting(config, "bncheck_batch_size")),
+            batch_size=_integer(config, "bncheck_batch_size"),
             device=spec_mod.parse_device(_setting(config, "bncheck_device")),
             dtype=spec_mod.parse_dtype(_setting(config, "bncheck_dtype")),
-            seed=int(_setting(config, "bncheck_seed")),
+            seed=_integer(config, "bncheck_seed"),
             strict=bool(_setting(config, "bncheck_strict")),
         )
         if settings.batch_size < 2:
@@ -115,7 +130,10 @@ class BNCheckModel(pytest.Collector):
         self.plan = plan
 
     def collect(self):
-        return [BNCheckItem.from_parent(self, name=case.name, case=case) for case in self.plan.cases()]
+        # An explicit string nodeid: pytest parses it the way its cache parses stored ids ("check[layer]" has
+        # params "layer"), so --lf and --ff match these items.
+        return [BNCheckItem.from_parent(self, name=case.name, nodeid=f"{self.nodeid}::{case.name}", case=case)
+                for case in self.plan.cases()]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -305,8 +305,6 @@ def test_command_line_overrides_ini(bnmodels):
     assert not models.SEEN  # the ini's recorder model was not loaded
 
 
-@pytest.mark.xfail(strict=True, reason="plugin bug: _setting() treats a command-line 0 as 'not given' "
-                                       "(0 in (None, False, [])), so --bncheck-seed=0 falls back to the ini seed")
 def test_command_line_seed_zero_overrides_ini(bnmodels):
     bnmodels.makepyprojecttoml(INI)
     models = load_models()
@@ -330,12 +328,6 @@ def test_k_selects_bncheck_items(bnmodels):
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
 
 
-@pytest.mark.xfail(strict=True, reason="plugin bug: items are made with from_parent(name='check[layer]') under a "
-                                       "collector whose nodeid is 'bncheck[spec]', so on pytest 9.2 item.id is "
-                                       "NodeId(names=('check[layer]',), params=None) while the cache's "
-                                       "NodeId.parse() of the same string gives names=('check',), params='layer': "
-                                       "--lf never matches ('1 known failures not in selected tests') and reruns "
-                                       "everything")
 def test_lf_reruns_only_the_failed_items(bnmodels):
     first = bnmodels.runpytest("--bncheck-model=bnmodels:flipped", "--bncheck-model=bnmodels:net", "-k",
                                "stats or lint_")
@@ -525,9 +517,7 @@ BAD_INPUT = [
     pytest.param(["--bncheck-model=bnmodels:net", "--bncheck-batch-size=1"], ["--bncheck-batch-size", "at least 2"],
                  id="batch_size_1"),
     pytest.param(["--bncheck-model=bnmodels:net", "--bncheck-batch-size=0"], ["--bncheck-batch-size", "at least 2"],
-                 id="batch_size_0", marks=pytest.mark.xfail(
-                     strict=True, reason="plugin bug: _setting() treats a command-line 0 as 'not given', so "
-                                         "--bncheck-batch-size=0 silently runs with the default batch size 8")),
+                 id="batch_size_0"),
 ]
 
 
@@ -537,9 +527,6 @@ def test_bad_input_is_a_one_line_usage_error(bnmodels, args, fragments):
     assert_usage_error(bnmodels.runpytest(*args), *fragments)
 
 
-@pytest.mark.xfail(strict=True, reason="plugin bug: ini values are converted with int() outside the "
-                                       "BNCheckUsageError handler: a non-integer bncheck_batch_size/bncheck_seed "
-                                       "in the ini file is a ValueError traceback, not a usage error")
 def test_bad_ini_integer_is_a_one_line_usage_error(bnmodels):
     bnmodels.makepyprojecttoml('[tool.pytest.ini_options]\nbncheck_batch_size = "eight"\n')
     assert_usage_error(bnmodels.runpytest("--bncheck-model=bnmodels:net"), "bncheck_batch_size")
