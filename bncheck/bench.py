@@ -44,9 +44,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.utils._pytree import tree_leaves
 
-from .discover import find_batchnorms, is_batchnorm, is_frozen
+from .discover import find_batchnorms, is_frozen
 from .errors import BNCheckSkip, BNCheckUsageError, one_line
 from .state import clone
 
@@ -125,14 +126,11 @@ def copy_bandwidth(device: torch.device | str = "cpu", dtype: torch.dtype = torc
     n = max(1, nbytes // itemsize)
     src = torch.ones(n, dtype=dtype, device=device)
     dst = torch.empty_like(src)
-    try:
-        dst.copy_(src)  # first touch (page faults) outside the measurement
-        sync = synchronizer(device)
-        sync()
-        m = _timer(lambda: dst.copy_(src), sync, "copy").blocked_autorange(min_run_time=min_run_time)
-        return 2 * n * itemsize / m.median
-    finally:
-        del src, dst
+    dst.copy_(src)  # first touch (page faults) outside the measurement
+    sync = synchronizer(device)
+    sync()
+    m = _timer(lambda: dst.copy_(src), sync, "copy").blocked_autorange(min_run_time=min_run_time)
+    return 2 * n * itemsize / m.median
 
 
 @dataclass
@@ -249,16 +247,13 @@ def _first_tensor(example) -> torch.Tensor:
 
 
 def _prepare(t, device, dtype, fmt):
-    """An input tensor on `device`, floating ones cast to `dtype`, 4-D/5-D ones in `fmt`; a fresh tensor."""
+    """An input tensor on `device`, floating ones cast to `dtype` (None: kept), 4-D/5-D ones in `fmt`; a fresh
+    tensor."""
     if not isinstance(t, torch.Tensor):
         return t
-    t = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
+    dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
+    t = t.detach().to(device=device, dtype=dtype, copy=True)
     return t.contiguous(memory_format=fmt) if t.dim() in (4, 5) else t
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype | None:
-    """The dtype a private copy is cast to: None (keep float32 parameters) for mixed precision."""
-    return None if dtype in LOW_PRECISION else dtype
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -267,53 +262,37 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     return contextlib.nullcontext()
 
 
-def _call(module, xs):
-    return module(*xs)
+def _private_copy(module: nn.Module, example, device, dtype, fmt) -> nn.Module:
+    """`module` cloned onto `device`, Lazy parameters materialized, cast to `dtype` (float16/bfloat16: kept
+    float32, as under autocast) and to `fmt`."""
+    work = clone(module).to(device)
+    if any(is_lazy(t) for t in [*work.parameters(), *work.buffers()]):
+        # A Lazy layer takes its shapes from its first call; in eval mode no statistic moves.
+        with torch.no_grad():
+            work.eval()(*(_prepare(t, device, None, torch.contiguous_format) for t in _inputs_tuple(example)))
+    if dtype not in LOW_PRECISION:
+        work.to(dtype)
+    if fmt is not torch.contiguous_format:
+        work.to(memory_format=fmt)
+    return work
 
 
-def _model_setup(model: nn.Module, example, mode: str, device, dtype, fmt) -> Callable[[], Callable[[], object]]:
-    def setup():
-        work = clone(model).to(device)
-        if _work_dtype(dtype) is not None:
-            work = work.to(_work_dtype(dtype))
-        if fmt is not torch.contiguous_format:
-            work = work.to(memory_format=fmt)
-        xs = tuple(_prepare(t, device, dtype, fmt) for t in _inputs_tuple(example))
-        work.train(mode != "forward_eval")
-        if mode == "forward_eval":
-            def fn():
-                with torch.no_grad(), _autocast(device, dtype):
-                    return _call(work, xs)
-            return fn
-        if mode == "forward_train":
-            def fn():
-                with torch.enable_grad(), _autocast(device, dtype):
-                    _call(work, xs)
-            return fn
-        return _backward_fn(work, xs, device, dtype, wrt_inputs=False)
-    return setup
-
-
-def _layer_setup(layer: nn.Module, x: torch.Tensor | None, mode: str, device, dtype, fmt, skip: str | None):
+def _setup(module: nn.Module, example, mode: str, device, dtype, fmt, *, wrt_inputs: bool, skip: str | None = None):
+    """A case's `setup`: builds the private copy and the input, and returns the function to time."""
     def setup():
         if skip:
             raise BNCheckSkip(skip)
-        work = clone(layer).to(device)
-        if _work_dtype(dtype) is not None:
-            work = work.to(_work_dtype(dtype))
-        xs = (_prepare(x, device, dtype, fmt),)
+        work = _private_copy(module, example, device, dtype, fmt)
+        xs = tuple(_prepare(t, device, dtype, fmt) for t in _inputs_tuple(example))
         work.train(mode != "forward_eval")
-        if mode == "forward_eval":
-            def fn():
-                with torch.no_grad():
-                    return work(*xs)
-            return fn
-        if mode == "forward_train":
-            def fn():
-                with torch.enable_grad():
-                    work(*xs)
-            return fn
-        return _backward_fn(work, xs, device, dtype, wrt_inputs=True)
+        if mode == "backward":
+            return _backward_fn(work, xs, device, dtype, wrt_inputs=wrt_inputs)
+        grad_mode = torch.enable_grad if mode == "forward_train" else torch.no_grad
+
+        def fn():
+            with grad_mode(), _autocast(device, dtype):
+                work(*xs)
+        return fn
     return setup
 
 
@@ -329,7 +308,7 @@ def _backward_fn(work: nn.Module, xs: tuple, device, dtype, *, wrt_inputs: bool)
     if not wrt:
         raise BNCheckSkip("backward: nothing requires grad (no floating-point input, no trainable parameter)")
     with torch.enable_grad(), _autocast(device, dtype):
-        out = _call(work, xs)
+        out = work(*xs)
     outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
     if not outs:
         raise BNCheckSkip("backward: no output requires grad")
@@ -381,58 +360,56 @@ def benchmark_cases(model: nn.Module, example_input, *, device: torch.device | s
                   warmup=warmup, cudnn_benchmark=cudnn_benchmark)
 
     bns = find_batchnorms(model)
-    x0 = _first_tensor(example_input)
-    samples = int(x0.shape[0]) if x0.dim() else 1
-
-    cases: list[BenchCase] = []
-    # The whole model; a model that is itself a BN layer also gets BN figures (and no separate layer case).
-    model_bytes = _bytes_kwargs(model) if "" in bns else None
-    for fmt_name in formats:
-        fmt = memory_format_for(fmt_name, x0.dim())
-        if fmt is None:
-            continue
-        for mode in modes:
-            min_bytes = None
-            if model_bytes is not None and x0.is_floating_point():
-                min_bytes = bn_min_bytes(tuple(x0.shape), mode, dtype=dtype, **model_bytes)
-            cases.append(BenchCase(case_name(mode, MODEL, dtype, fmt_name), MODEL, mode,
-                                   _model_setup(model, example_input, mode, device, dtype, fmt),
-                                   memory_format=fmt_name, shape=tuple(x0.shape), samples=samples,
-                                   min_bytes=min_bytes, **common))
-
-    wanted = [n for n in bns if n] if layers is None else [n for n in bns if n and n in set(layers)]
     if layers is not None:
         unknown = sorted(set(layers) - set(bns))
         if unknown:
             raise BNCheckUsageError(f"--layers: no BN layer named {', '.join(map(repr, unknown))}; the model's BN "
                                     f"layers are {', '.join(n for n in bns if n) or 'none'}")
-    if not wanted:
-        return cases
-    if inputs is None:
-        from .capture import capture
-        inputs = {n: t.detach().cpu() for n, t in capture(model, example_input).inputs.items() if n in wanted}
-    for name in wanted:
-        layer = bns[name]
-        x = inputs.get(name)
+    wanted = [n for n in bns if n and (layers is None or n in set(layers))]
+    if inputs is None and bns:
+        inputs = layer_inputs(model, example_input)
+    inputs = inputs or {}
+    # A train-mode forward raises on a BN that sees one value per channel: those cases skip, saying which layer.
+    too_small = {n: tuple(x.shape) for n, x in inputs.items() if not is_frozen(bns[n]) and x.numel() <= x.shape[1]}
+    cases: list[BenchCase] = []
+
+    def add(target: str, module: nn.Module, example, bn: nn.Module | None, skip: str | None, train_skip: str | None):
+        """The cases of one target; `bn`: the BN layer whose byte model gives it BN figures."""
+        x = _first_tensor(example) if example is not None else None
         shape = tuple(x.shape) if x is not None else ()
-        ndim = x.dim() if x is not None else 2
         for fmt_name in formats:
-            fmt = memory_format_for(fmt_name, ndim)
+            fmt = memory_format_for(fmt_name, x.dim() if x is not None else 2)
             if fmt is None:
                 continue
             for mode in modes:
-                skip = None
-                if x is None:
-                    skip = f"{name} was not called in the forward pass on the example input"
-                elif mode != "forward_eval" and not is_frozen(layer) and x.numel() // max(1, shape[1]) <= 1:
-                    skip = f"{name}: train mode needs more than 1 value per channel, its input is {shape}"
-                min_bytes = (bn_min_bytes(shape, mode, dtype=dtype, **_bytes_kwargs(layer))
-                             if x is not None and x.dim() >= 2 else None)
-                cases.append(BenchCase(case_name(mode, name, dtype, fmt_name), name, mode,
-                                       _layer_setup(layer, x, mode, device, dtype, fmt, skip),
-                                       memory_format=fmt_name, shape=shape,
-                                       samples=int(shape[0]) if shape else samples, min_bytes=min_bytes, **common))
+                min_bytes = None
+                if bn is not None and x is not None and x.dim() >= 2 and x.is_floating_point():
+                    min_bytes = bn_min_bytes(shape, mode, dtype=dtype, **_bytes_kwargs(bn))
+                setup = _setup(module, example, mode, device, dtype, fmt, wrt_inputs=target != MODEL,
+                               skip=skip or (train_skip if mode != "forward_eval" else None))
+                cases.append(BenchCase(case_name(mode, target, dtype, fmt_name), target, mode, setup,
+                                       memory_format=fmt_name, shape=shape, samples=int(shape[0]) if shape else 1,
+                                       min_bytes=min_bytes, **common))
+
+    # The whole model; a model that is itself a BN layer also gets BN figures (and no separate layer case).
+    first = next(iter(too_small.items()), None)
+    add(MODEL, model, example_input, bns.get(""), None,
+        first and f"model: train mode needs more than 1 value per channel, BN layer {first[0]!r} gets {first[1]}")
+    for name in wanted:
+        x = inputs.get(name)
+        add(name, bns[name], x, bns[name],
+            None if x is not None else f"{name} was not called in the forward pass on the example input",
+            name in too_small and f"{name}: train mode needs more than 1 value per channel, its input is "
+                                  f"{too_small[name]}" or None)
     return cases
+
+
+def layer_inputs(model: nn.Module, example_input) -> dict[str, torch.Tensor]:
+    """Each BN layer's real input in one forward pass of a copy of `model` in eval mode (which, unlike train
+    mode, accepts any batch size), on the CPU."""
+    from .capture import capture
+
+    return {n: t.detach().cpu() for n, t in capture(model, example_input, train=False).inputs.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
@@ -490,7 +467,7 @@ class Result:
 
     @classmethod
     def of(cls, case: BenchCase, time_s: float, *, iqr_s: float | None = None, copy_bytes_per_s: float | None = None,
-           number_per_run: int | None = None, runs: int | None = None) -> "Result":
+           number_per_run: int | None = None, runs: int | None = None) -> Result:
         bytes_per_s = case.min_bytes / time_s if case.min_bytes is not None else None
         fraction = bytes_per_s / copy_bytes_per_s if bytes_per_s is not None and copy_bytes_per_s else None
         return cls(case, time_s, iqr_s, case.samples / time_s, bytes_per_s, copy_bytes_per_s if bytes_per_s else None,
@@ -502,6 +479,10 @@ class Result:
                 "bytes_per_s": self.bytes_per_s, "copy_bytes_per_s": self.copy_bytes_per_s,
                 "fraction_of_copy": self.fraction_of_copy, "number_per_run": self.number_per_run, "runs": self.runs,
                 "skipped": self.skipped}
+
+    def row(self) -> dict:
+        """The case's name, its layer (None: the model) and the figures: a table row, JSON-ready."""
+        return {"name": self.name, "layer": self.case.layer, **self.figures()}
 
     def __repr__(self) -> str:
         if self.skipped:
@@ -572,18 +553,19 @@ def header(spec: str, results: Sequence[Result]) -> list[str]:
     return lines
 
 
-def format_table(results: Sequence[Result], *, markdown: bool = False) -> str:
-    """One row per case: time per call, samples/s (model), GB/s and fraction of copy bandwidth (BN targets)."""
+def format_table(results: Sequence[Result | dict], *, markdown: bool = False) -> str:
+    """One row per case (a Result or its `row()`): time per call, samples/s (model), GB/s and fraction of copy
+    bandwidth (BN targets)."""
     head = ("case", "time", "samples/s", "GB/s", "of copy")
     rows = []
-    for r in results:
-        if r.skipped:
-            rows.append((r.name, f"skipped: {r.skipped}", "", "", ""))
+    for r in (r.row() if isinstance(r, Result) else r for r in results):
+        if r["skipped"]:
+            rows.append((r["name"], f"skipped: {r['skipped']}", "", "", ""))
             continue
-        rows.append((r.name, _fmt_time(r.time_s),
-                     _fmt(r.samples_per_s, ",.0f") if r.case.layer is None else "",
-                     _fmt(r.bytes_per_s and r.bytes_per_s / 1e9, ".3g") if r.case.min_bytes else "",
-                     _fmt(r.fraction_of_copy, ".2f") if r.case.min_bytes else ""))
+        gbs = r["bytes_per_s"] and r["bytes_per_s"] / 1e9
+        rows.append((r["name"], _fmt_time(r["time_s"]), "" if r["layer"] else _fmt(r["samples_per_s"], ",.0f"),
+                     "" if gbs is None else _fmt(gbs, ".3g"),
+                     "" if gbs is None else _fmt(r["fraction_of_copy"], ".2f")))
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         lines += ["| " + " | ".join(f"`{row[0]}`" if i == 0 else c for i, c in enumerate(row)) + " |"
@@ -595,7 +577,8 @@ def format_table(results: Sequence[Result], *, markdown: bool = False) -> str:
         if row[1].startswith("skipped"):
             out.append(f"{row[0]:<{widths[0]}}  {row[1]}")
         else:
-            out.append(f"{row[0]:<{widths[0]}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(row[1:], widths[1:])))
+            out.append((f"{row[0]:<{widths[0]}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(row[1:], widths[1:])))
+                       .rstrip())
     return "\n".join(out)
 
 
@@ -640,10 +623,7 @@ def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str |
     formats = _parse_list(memory_formats, MEMORY_FORMATS)
     mode_list = _parse_list(modes, MODES)
     example = tuple(t.to(dev) for t in example) if isinstance(example, tuple) else example.to(dev)
-    inputs = None
-    if layers != []:  # one capture (on a copy) serves every dtype
-        from .capture import capture
-        inputs = {n: t.detach().cpu() for n, t in capture(model, example).inputs.items()}
+    inputs = layer_inputs(model, example)  # one capture (on a copy) serves every dtype
     results = []
     for dtype in dtype_list:
         cases = benchmark_cases(model, example, device=dev, dtype=dtype, memory_formats=formats, modes=mode_list,
@@ -688,8 +668,6 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
 
 def cli(args: argparse.Namespace) -> int:
     """Run the benchmarks an argparse namespace describes and print the table (rows as they come)."""
-    if args.batch_size < 2 and "forward_train" in args.modes:
-        raise BNCheckUsageError("--batch-size must be at least 2 for train-mode BN (or pass --modes forward_eval)")
     def progress(result: Result):  # rows as they come on stderr; the table on stdout at the end
         print(format_table([result]).splitlines()[-1], file=sys.stderr, flush=True)
 
@@ -697,7 +675,7 @@ def cli(args: argparse.Namespace) -> int:
     results = run_bench(args.spec, args.input_shape, batch_size=args.batch_size, device=args.device,
                         dtypes=args.dtype, memory_formats=args.memory_format, modes=args.modes, layers=args.layers,
                         quick=args.quick, min_run_time=args.min_run_time,
-                        cudnn_benchmark=False if args.no_cudnn_benchmark else True, seed=args.seed,
+                        cudnn_benchmark=not args.no_cudnn_benchmark, seed=args.seed,
                         progress=progress)
     print("\n".join(header(args.spec, results)))
     print(format_table(results, markdown=args.markdown))

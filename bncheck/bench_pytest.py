@@ -24,6 +24,7 @@ from .bench import BenchCase, Result, _copy_figure, _timer, prepared
 from .errors import BNCheckSkip
 
 MIN_ROUNDS = 5
+FIGURES = "bncheck_figures"  # the user property that carries a Result.row() to the summary
 
 
 class _SyncEveryNth:
@@ -75,8 +76,10 @@ def pytest_benchmark_run(benchmark, case: BenchCase, *, min_run_time: float | No
 
 def item_function(case: BenchCase):
     """A test function for `case` that requests pytest-benchmark's fixture (what `make_items` collects)."""
-    def bncheck_benchmark(benchmark):
-        pytest_benchmark_run(benchmark, case)
+    def bncheck_benchmark(benchmark, record_property):
+        result = pytest_benchmark_run(benchmark, case)
+        if result is not None:
+            record_property(FIGURES, result.row())
     bncheck_benchmark.__doc__ = f"bncheck benchmark {case.name}"
     return bncheck_benchmark
 
@@ -95,3 +98,26 @@ def make_items(parent: pytest.Collector, cases: list[BenchCase]) -> list[pytest.
         item.user_properties.append(("bncheck_bench", case.target))
         items.append(item)
     return items
+
+
+def plan_items(parent: pytest.Collector, plan) -> list[pytest.Item]:
+    """The plugin's --bncheck-benchmark items of one `bncheck.plan.Plan`: every case of its model on its example
+    input, device and dtype, reusing the plan's capture of the BN layers' inputs."""
+    from .bench import benchmark_cases
+
+    settings = plan.settings
+    cases = benchmark_cases(plan.model, plan.example, device=settings.device, dtype=settings.dtype,
+                            inputs=plan.inputs)
+    return make_items(parent, cases)
+
+
+def terminal_summary(terminalreporter) -> None:
+    """A "bncheck benchmarks" section: bncheck's table (samples/s, GB/s, fraction of copy) of the measured items,
+    which pytest-benchmark's own table (times only) lacks. Rows come from the reports, so xdist is no obstacle."""
+    from .bench import format_table
+
+    rows = [dict(r.user_properties)[FIGURES] for r in terminalreporter.stats.get("passed", [])
+            if r.when == "call" and FIGURES in dict(r.user_properties)]
+    if rows:
+        terminalreporter.section("bncheck benchmarks")
+        terminalreporter.line(format_table(rows))

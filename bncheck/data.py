@@ -44,18 +44,18 @@ class Data:
     def device(self) -> torch.device:
         return self.x_train.device
 
-    def to(self, device) -> "Data":
+    def to(self, device) -> Data:
         """The same data on `device` (one copy per tensor; a no-op when it is already there)."""
         device = torch.device(device)
         return replace(self, x_train=self.x_train.to(device), y_train=self.y_train.to(device),
                        x_test=self.x_test.to(device), y_test=self.y_test.to(device))
 
-    def subset(self, train: int | None = None, test: int | None = None) -> "Data":
+    def subset(self, train: int | None = None, test: int | None = None) -> Data:
         """The first `train` / `test` samples (the splits are already shuffled, so this stays balanced enough)."""
         return replace(self, x_train=self.x_train[:train], y_train=self.y_train[:train],
                        x_test=self.x_test[:test], y_test=self.y_test[:test])
 
-    def reshaped(self, shape: tuple[int, ...]) -> "Data":
+    def reshaped(self, shape: tuple[int, ...]) -> Data:
         """The same images for a model that wants `shape` (one sample, no batch dim): (D,) flattens,
         (C, H, W) resizes bilinearly to H×W and repeats the grey channel C times."""
         return replace(self, name=f"{self.name} as {'x'.join(map(str, shape))}",

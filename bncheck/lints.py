@@ -31,7 +31,7 @@ def _sequential_pairs(model: nn.Module):
     for prefix, seq in model.named_modules():
         if isinstance(seq, nn.Sequential):
             items = list(seq.named_children())
-            for (a_name, a), (b_name, _) in zip(items, items[1:]):
+            for (a_name, _), (b_name, _) in zip(items, items[1:]):
                 yield (f"{prefix}.{a_name}" if prefix else a_name), (f"{prefix}.{b_name}" if prefix else b_name)
 
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
-from torch.utils._pytree import tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .capture import capture
 from .checks.eval import assert_eval_single_sample
@@ -14,6 +14,7 @@ from .compare import check_close, fail, matches
 from .discover import find_batchnorms, is_frozen
 from .errors import BNCheckSkip
 from .state import Snapshot, clone
+from .threads import single_threaded
 from .tolerances import FUSION, tolerance
 
 
@@ -28,6 +29,7 @@ def _title(model, name):
     return name or type(model).__name__
 
 
+@single_threaded
 def assert_eval_no_state_change(model: nn.Module, x, *, name: str = "") -> None:
     """A forward of the whole model in eval mode changes no parameter or buffer."""
     twin = clone(model).eval()
@@ -43,6 +45,7 @@ def _trainable_bns(model):
     return {n: m for n, m in find_batchnorms(model).items() if not is_frozen(m)}
 
 
+@single_threaded
 def assert_train_differs_from_eval(model: nn.Module, x, *, name: str = "") -> None:
     """Where BN layers train, train-mode and eval-mode outputs differ (batch vs running statistics)."""
     bns = _trainable_bns(model)
@@ -57,6 +60,7 @@ def assert_train_differs_from_eval(model: nn.Module, x, *, name: str = "") -> No
                    "switched: check overridden train()/eval() and functional batch_norm calls")
 
 
+@single_threaded
 def assert_state_dict_roundtrip(model: nn.Module, x, *, name: str = "") -> None:
     """After a train step, state_dict() loaded into a fresh copy gives identical eval outputs."""
     trained = clone(model)
@@ -97,6 +101,7 @@ class _BNModeWatch(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+@single_threaded
 def assert_bn_ops_follow_mode(model: nn.Module, x, *, name: str = "") -> None:
     """In eval mode no batch_norm op runs with training=True on running statistics (the 'eval ignored' bug)."""
     twin = clone(model).eval()
@@ -130,6 +135,7 @@ def _fuse(producer: nn.Module, bn: nn.Module) -> nn.Module | None:
     return None
 
 
+@single_threaded
 def assert_fusion_matches(model: nn.Module, x, *, name: str = "") -> None:
     """Each conv/linear → BN pair, fused for inference (torch.nn.utils.fusion), gives the unfused eval output.
 

@@ -17,6 +17,7 @@ from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning
 from .model_checks import MODEL_CHECKS
 from .spec import Loaded
 from .state import clone
+from .syncbn import check_model_layer, syncbn_targets
 from .tolerances import LOW_PRECISION
 
 LINTS = {
@@ -34,6 +35,7 @@ class Settings:
     dtype: torch.dtype = torch.float32
     seed: int = 0
     strict: bool = False
+    syncbn: bool = False  # also check torch's BN layers converted to nn.SyncBatchNorm across processes
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,18 @@ class Plan:
                  for name in self.layers for check in LAYER_CHECKS]
         cases += [Case(f"model_{check}", None, self._model_check(check)) for check in MODEL_CHECKS]
         cases += [Case(f"lint_{lint}", None, self._lint(lint)) for lint in LINTS]
+        cases += [Case(f"syncbn[{layer_label(name)}]", name, self._syncbn(name))
+                  for name in syncbn_targets(self.model, convert=self.settings.syncbn)]
         return cases
+
+    def _syncbn(self, name: str):
+        def run():
+            x = self.inputs.get(name)
+            if x is None:
+                raise BNCheckSkip(f"{layer_label(name)} was not called in the forward pass on the example input")
+            check_model_layer(self.spec, name, tuple(x.shape[1:]), convert=self.settings.syncbn,
+                              seed=self.settings.seed)
+        return run
 
     def _no_batchnorm(self):
         raise BNCheckSkip(f"{self.spec}: no BatchNorm layer found (torch BN, Lazy, Sync, frozen or BN-like)")

@@ -5,6 +5,7 @@ Options and hooks only; the work is bncheck.plan. Heavy imports happen inside ho
 import pytest
 
 MODEL_OPTION = "--bncheck-model"
+BENCHMARK_OPTION = "--bncheck-benchmark"
 _OPTIONS = [
     # (option, ini name, help, extra addoption kwargs)
     (MODEL_OPTION, "bncheck_model", "model to check: module.path:attr (an nn.Module or a zero-argument factory); "
@@ -18,6 +19,10 @@ _OPTIONS = [
     ("--bncheck-seed", "bncheck_seed", "seed of the example input and the layers' test state (default 0)",
      {"type": int}),
     ("--bncheck-strict", "bncheck_strict", "lint findings fail instead of warn", {"action": "store_true"}),
+    ("--bncheck-syncbn", "bncheck_syncbn", "also check torch's BN layers converted to nn.SyncBatchNorm across 2 "
+     "processes (needs 2 GPUs; synchronized BN layers are always checked)", {"action": "store_true"}),
+    (BENCHMARK_OPTION, "bncheck_benchmark", "also add throughput benchmark items through pytest-benchmark: the model "
+     "and each BN layer x forward_train, forward_eval, backward x memory format", {"action": "store_true"}),
 ]
 _DEFAULTS = {"bncheck_batch_size": 8, "bncheck_device": "auto", "bncheck_dtype": "float32", "bncheck_seed": 0,
              "bncheck_strict": False}
@@ -28,7 +33,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("bncheck", "bncheck: BatchNorm contract checks")
     for option, ini, help_text, kwargs in _OPTIONS:
         group.addoption(option, dest=ini, help=help_text, **kwargs)
-        ini_type = "linelist" if ini == "bncheck_model" else "bool" if ini == "bncheck_strict" else "string"
+        ini_type = ("linelist" if ini == "bncheck_model" else
+                    "bool" if ini in ("bncheck_strict", "bncheck_benchmark", "bncheck_syncbn") else "string")
         parser.addini(ini, help=help_text, type=ini_type, default=None)
 
 
@@ -83,6 +89,7 @@ def pytest_sessionstart(session):
             dtype=spec_mod.parse_dtype(_setting(config, "bncheck_dtype")),
             seed=_integer(config, "bncheck_seed"),
             strict=bool(_setting(config, "bncheck_strict")),
+            syncbn=bool(_setting(config, "bncheck_syncbn")),
         )
         if settings.batch_size < 2:
             raise BNCheckUsageError("--bncheck-batch-size must be at least 2 (train-mode BN needs n > 1)")
@@ -143,9 +150,17 @@ def pytest_collection_modifyitems(session, config, items):
         name = f"bncheck[{plan.spec}]"
         collector = BNCheckModel.from_parent(session, name=name, nodeid=name, plan=plan)
         items.extend(collector.collect())
+        if _setting(config, "bncheck_benchmark"):
+            from bncheck.bench_pytest import plan_items
+
+            items.extend(plan_items(collector, plan))
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    if _setting(config, "bncheck_benchmark"):
+        from bncheck.bench_pytest import terminal_summary
+
+        terminal_summary(terminalreporter)
     from bncheck.plan import layer_label
 
     counts: dict[str, dict[str, int]] = {}

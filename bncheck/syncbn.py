@@ -32,6 +32,7 @@ import os
 import pickle
 import queue
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import oracle
 from .compare import check_close
@@ -46,7 +48,7 @@ from .discover import is_batchnorm
 from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, one_line
 from .tolerances import Tolerance, tolerance
 
-__all__ = ["assert_syncbn_matches", "find_synchronized", "is_synchronized", "layer_factory"]
+__all__ = ["assert_syncbn_matches", "check_model_layer", "is_synchronized", "layer_factory", "syncbn_targets"]
 
 LOOPBACK = "127.0.0.1"
 GPU_ONLY_MESSAGE = "SyncBatchNorm expected input tensor to be on GPU"
@@ -59,22 +61,34 @@ def is_synchronized(module: nn.Module) -> bool:
     return isinstance(module, nn.SyncBatchNorm) or ("sync" in type(module).__name__.lower() and is_batchnorm(module))
 
 
-def find_synchronized(model: nn.Module) -> dict[str, nn.Module]:
-    """The synchronized BN layers of `model` by qualified name (see is_synchronized)."""
-    return {name: m for name, m in model.named_modules() if is_synchronized(m)}
+def syncbn_targets(model: nn.Module, convert: bool = False) -> list[str]:
+    """Names of the layers the SyncBN check runs on: the synchronized ones, and with `convert` also every layer
+    that nn.SyncBatchNorm.convert_sync_batchnorm turns into one (torch's BN classes and their subclasses)."""
+    return [name for name, m in model.named_modules() if is_synchronized(m) or (convert and isinstance(m, _BatchNorm))]
 
 
-def _load_layer(spec: str, name: str) -> nn.Module:
+def _load_layer(spec: str, name: str, convert: bool = False) -> nn.Module:
     from .spec import load
 
     model = load(spec).model
+    if convert:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.get_submodule(name) if name else model
 
 
-def layer_factory(spec: str, name: str = ""):
+def layer_factory(spec: str, name: str = "", convert: bool = False):
     """A picklable factory of the layer `name` (qualified, '' for the whole model) of the model `spec`
-    ('module.path:attr'): each worker loads the model anew and takes the layer."""
-    return functools.partial(_load_layer, spec, name)
+    ('module.path:attr'), converted to nn.SyncBatchNorm when `convert`: each worker loads the model anew."""
+    return functools.partial(_load_layer, spec, name, convert)
+
+
+def check_model_layer(spec: str, name: str, sample_shape, *, convert: bool = False, seed: int = 0) -> None:
+    """assert_syncbn_matches, world size 2, on layer `name` of model `spec`, with samples shaped like
+    `sample_shape` (C, *spatial; spatial sizes capped at 4 to keep the processes quick)."""
+    channels, *spatial = sample_shape
+    label = f"{spec} {name or '<model>'}" + (" (converted to nn.SyncBatchNorm)" if convert else "")
+    assert_syncbn_matches(layer_factory(spec, name, convert), world_size=2, seed=seed, name=label,
+                          sample_shape=(channels, *(min(s, 4) for s in spatial)))
 
 
 def _uses_torch_syncbn(module: nn.Module) -> bool:
@@ -198,9 +212,14 @@ def _run_rank(rank: int, world_size: int, device: torch.device, factory, data: d
     return out
 
 
-def _worker(rank: int, world_size: int, port: int, backend: str, factory, payload: bytes, results, timeout: float):
+def _worker(rank: int, world_size: int, port: int, backend: str, factory: bytes, payload: bytes, results,
+            timeout: float, sys_path: list[str], cwd: str):
     threading.Thread(target=_exit_with_parent, args=(time.monotonic() + timeout + _WORKER_GRACE,), daemon=True).start()
     import torch.distributed as dist
+
+    # A forkserver keeps the sys.path and cwd it started with: take the caller's current ones before unpickling.
+    sys.path[:] = sys_path
+    os.chdir(cwd)
 
     os.environ.update(MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
@@ -211,7 +230,7 @@ def _worker(rank: int, world_size: int, port: int, backend: str, factory, payloa
     torch.set_num_threads(1)
     initialized = False
     try:
-        data = _deserialize(payload)
+        data, factory = _deserialize(payload), pickle.loads(factory)
         device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -307,6 +326,7 @@ def _launch(setup: _Setup, factory, backend: str, timeout: float, start_method: 
     results = ctx.Queue()
     processes = []
     reports = {}
+    pickled_factory = pickle.dumps(factory)
     try:
         for rank in range(setup.world_size):
             payload = _serialize({
@@ -315,10 +335,12 @@ def _launch(setup: _Setup, factory, backend: str, timeout: float, start_method: 
                 "eval_x": setup.eval_x[rank] if setup.tracks else None,
             })
             processes.append(ctx.Process(target=_worker, name=f"bncheck-syncbn-rank{rank}", daemon=True,
-                                         args=(rank, setup.world_size, store.port, backend, factory, payload,
-                                               results, timeout)))
+                                         args=(rank, setup.world_size, store.port, backend, pickled_factory,
+                                               payload, results, timeout, list(sys.path), os.getcwd())))
             processes[-1].start()
         reports = _collect(processes, results, setup.world_size, timeout, setup.label)
+        # A rank that died silently makes its peers' collectives fail: that rank, not theirs, is the news.
+        crashed = {r: p.exitcode for r, p in enumerate(processes) if r not in reports and p.exitcode is not None}
     finally:
         complete = len(reports) == setup.world_size and all(r[1] == "ok" for r in reports.values())
         _shutdown(processes, patient=complete)
@@ -326,14 +348,15 @@ def _launch(setup: _Setup, factory, backend: str, timeout: float, start_method: 
         results.cancel_join_thread()
         del store
     ranked = sorted(reports.items())
-    for rank, report in ranked:  # a GPU-only layer on the CPU: every rank says so, and it is a skip
+    for _, report in ranked:  # a GPU-only layer on the CPU: every rank says so, and it is a skip
         if report[1] == "gpu-only":
             raise BNCheckSkip(f"{setup.label}: {report[2]} (torch's nn.SyncBatchNorm rejects CPU input under a "
                               f"process group)")
     for rank, report in ranked:
         if report[1] == "error":
             tail = "".join(report[3].strip().splitlines(keepends=True)[-6:])
-            raise BNCheckError(f"{setup.label}: rank {rank} of {setup.world_size} raised {report[2]}\n{tail}")
+            first = "".join(f"rank {r} exited with code {code} without a report, then " for r, code in crashed.items())
+            raise BNCheckError(f"{setup.label}: {first}rank {rank} of {setup.world_size} raised {report[2]}\n{tail}")
     return {rank: _deserialize(report[2]) for rank, report in reports.items()}
 
 

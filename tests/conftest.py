@@ -1,4 +1,9 @@
-"""Shared test configuration."""
+"""Shared test configuration: hypothesis profiles, and the fixtures of the plugin tests (test_plugin.py,
+test_bench.py)."""
+
+from pathlib import Path
+
+import pytest
 
 # --- hypothesis profiles (tests/test_properties.py) ------------------------------------------------------------
 # "ci" (the default): deterministic and quick, the same examples on every run and machine.
@@ -14,3 +19,28 @@ settings.register_profile("thorough", max_examples=1000, deadline=None,
 # when it is imported later, a profile chosen on the command line is already current and must stay.
 if settings.get_current_profile_name() == "default":
     settings.load_profile("ci")
+
+
+# --- the plugin tests' pytester set-up ------------------------------------------------------------------------
+MODELS_SOURCE = Path(__file__).with_name("plugin_models.py").read_text()
+
+
+@pytest.fixture(scope="session")
+def _lazy_torch_imports():
+    """Import what an in-process run would import lazily: pytester removes the modules first imported during
+    an in-process run afterwards, and torch._dynamo (imported by an optimizer step) cannot be imported twice;
+    hypothesis's pytest plugin imports hypothesis at the end of every run (seconds, each time)."""
+    import torch._dynamo  # noqa: F401
+
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        pass
+
+
+@pytest.fixture
+def bnmodels(pytester, _lazy_torch_imports):
+    """The test models as an importable `bnmodels` module in the pytester directory (also the cwd)."""
+    pytester.makepyfile(bnmodels=MODELS_SOURCE)
+    pytester.syspathinsert()
+    return pytester

@@ -2,14 +2,12 @@
 correct layer, and no check changes the user's layer."""
 
 import pytest
-import torch
 from correct_layers import CORRECT_LAYERS
 from mutants import (
     CHANNELS,
     MUTANTS,
     CrashesOnSecondCall,
     DuckBN,
-    GammaDetached,
     ScratchBN,
     UpdatesInEval,
     build,
@@ -23,16 +21,6 @@ from bncheck import LAYER_CHECKS, BNCheckError, BNCheckSkip
 from bncheck.state import Snapshot
 
 DIAGNOSED = [m for m in MUTANTS if hasattr(m, "diagnosis")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: a second intra-op thread only adds synchronization, which on a busy 2-core
-    machine made this file 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _label(mutant) -> str:

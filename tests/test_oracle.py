@@ -23,7 +23,8 @@ def test_train_and_eval_forward_match_torch(shape, affine):
     rm, rv = _rand((c,), 3), _rand((c,), 4).abs() + 0.5
     eps = 1e-3
     torch.testing.assert_close(oracle.train_forward(x, eps, w, b), F.batch_norm(x, None, None, w, b, True, 0.1, eps))
-    torch.testing.assert_close(oracle.eval_forward(x, rm, rv, eps, w, b), F.batch_norm(x, rm, rv, w, b, False, 0.1, eps))
+    torch.testing.assert_close(oracle.eval_forward(x, rm, rv, eps, w, b),
+                               F.batch_norm(x, rm, rv, w, b, False, 0.1, eps))
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

@@ -8,8 +8,6 @@ not; in-process runs get the very model objects a test imported, which is how "u
 
 import importlib
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,31 +18,9 @@ from bncheck.model_checks import MODEL_CHECKS
 from bncheck.plan import LINTS
 from bncheck.state import Snapshot
 
-MODELS_SOURCE = Path(__file__).with_name("plugin_models.py").read_text()
 HAS_CUDA = torch.cuda.is_available()
 AUTO_DEVICE = "cuda" if HAS_CUDA else "cpu"
 USAGE_ERROR = pytest.ExitCode.USAGE_ERROR
-
-
-@pytest.fixture(scope="session")
-def _lazy_torch_imports():
-    """Import what an in-process run would import lazily: pytester removes the modules first imported during
-    an in-process run afterwards, and torch._dynamo (imported by an optimizer step) cannot be imported twice;
-    hypothesis's pytest plugin imports hypothesis at the end of every run (seconds, each time)."""
-    import torch._dynamo  # noqa: F401
-
-    try:
-        import hypothesis  # noqa: F401
-    except ImportError:
-        pass
-
-
-@pytest.fixture
-def bnmodels(pytester, _lazy_torch_imports):
-    """The test models as an importable `bnmodels` module in the pytester directory (also the cwd)."""
-    pytester.makepyfile(bnmodels=MODELS_SOURCE)
-    pytester.syspathinsert()
-    return pytester
 
 
 def load_models():
@@ -450,6 +426,22 @@ def test_examples_seed_cnn_passes(pytester, _lazy_torch_imports):
     assert "failed" not in outcomes.values()
     assert result.ret == 0
 
+
+VGG = ["--bncheck-model=torchvision.models:vgg11_bn", "--bncheck-input-shape=3,32,32"]
+
+
+def test_vgg11_bn_bias_lint_warns_and_fails_under_strict(pytester, _lazy_torch_imports):
+    """torchvision's vgg11_bn: each of its 8 conv layers has a bias feeding a BN (the whole run passes, checked in
+    tests/test_performance.py for resnet18; here only the lint items, which is where vgg11_bn differs)."""
+    result = pytester.runpytest(*VGG, "-k", "lint_")
+    assert set(outcomes_by_id(result).values()) == {"passed"} and result.ret == 0
+    warned = [c.warning_message for c in result.reprec.getcalls("pytest_warning_recorded")
+              if c.warning_message.category.__name__ == "BNCheckWarning"]
+    assert len(warned) == 8 and all("bias=False" in str(w.message) for w in warned)
+    strict = pytester.runpytest(*VGG, "-k", "lint_", "--bncheck-strict")
+    assert {n for n, o in outcomes_by_id(strict).items() if o == "failed"} == {
+        "bncheck[torchvision.models:vgg11_bn]::lint_redundant_bias"}
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED
 
 # --- the user's model is left as it was -------------------------------------------------------------------------------
 

@@ -455,9 +455,11 @@ MUTANTS = [
     pytest.param(batch_permutation, GhostBatches, "permuted batch", id="permutation-GhostBatches"),
     pytest.param(batch_permutation, RunningMeanOfLastSample, "running_mean", id="permutation-RunningMeanOfLastSample"),
     pytest.param(eval_is_per_channel_affine, BatchStatsInEval, "split batch", id="eval-affine-BatchStatsInEval"),
-    pytest.param(cumulative_average, CumulativeOffByOne, "not the cumulative average", id="cumulative-CumulativeOffByOne"),
+    pytest.param(cumulative_average, CumulativeOffByOne, "not the cumulative average",
+                 id="cumulative-CumulativeOffByOne"),
     pytest.param(backward_matches_autograd, detached_stats_backward, "dx", id="autograd-detached_stats_backward"),
-    pytest.param(backward_passes_gradcheck, detached_stats_backward, "gradcheck", id="gradcheck-detached_stats_backward"),
+    pytest.param(backward_passes_gradcheck, detached_stats_backward, "gradcheck",
+                 id="gradcheck-detached_stats_backward"),
 ]
 
 

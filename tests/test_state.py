@@ -47,3 +47,31 @@ def test_clone_of_an_uninitialized_lazy_model_is_independent():
     assert twin[2].running_mean.shape == (3,)
     assert Snapshot.of(model).differences(model) == []
     assert isinstance(model[2].weight, nn.parameter.UninitializedParameter)
+
+
+def test_checks_run_on_one_cpu_thread_and_restore_the_callers_count():
+    from bncheck import assert_batch_stats
+    from bncheck.errors import BNCheckError
+    from bncheck.threads import one_thread
+
+    seen = []
+
+    class Recording(nn.BatchNorm2d):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return super().forward(x) * 2  # wrong, so the check fails and must still restore
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        try:
+            assert_batch_stats(Recording(3), torch.randn(4, 3, 2, 2))
+        except BNCheckError:
+            pass
+        assert set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -19,4 +19,4 @@ LAYER_CHECKS = {
     "memory_format": assert_memory_format,
 }
 
-__all__ = ["LAYER_CHECKS", *(f.__name__ for f in LAYER_CHECKS.values())]
+__all__ = ["LAYER_CHECKS", *(f.__name__ for f in LAYER_CHECKS.values())]  # noqa: PLE0604

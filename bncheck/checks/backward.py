@@ -5,6 +5,7 @@ import torch
 from .. import oracle
 from ..compare import check_close
 from ..harness import LayerCase, params
+from ..threads import single_threaded
 from ..tolerances import tolerance
 
 
@@ -24,6 +25,7 @@ def _grad(p):
     return torch.zeros_like(p) if p.grad is None else p.grad
 
 
+@single_threaded
 def assert_backward(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Gradients of the output w.r.t. x, γ and β equal the oracle's, in train mode and (when tracking) eval mode."""
     case = LayerCase(layer, name, x, seed)
@@ -53,7 +55,8 @@ def assert_backward(layer, x, *, name: str = "", seed: int = 0) -> None:
                             ("the batch mean and variance are detached from the graph (dx misses their terms)",
                              lambda: oracle.eval_backward(xs, dys, *_batch_mean_var(xs), case.eps, weight).x)]
                         if train else [])
-            for quantity, g, e in (("dγ (weight.grad)", got[1], expected.weight), ("dβ (bias.grad)", got[2], expected.bias)):
+            for quantity, g, e in (("dγ (weight.grad)", got[1], expected.weight),
+                                   ("dβ (bias.grad)", got[2], expected.bias)):
                 if g is not None:
                     check_close(g, e, where=where, quantity=quantity, tol=tol, cause=cause, hypotheses=[
                         ("no gradient reaches the parameter: it is detached from the graph", lambda: g * 0)])

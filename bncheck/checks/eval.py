@@ -10,6 +10,7 @@ from ..discover import find_batchnorms
 from ..errors import BNCheckSkip, BNCheckUsageError
 from ..harness import LayerCase, params, run
 from ..state import Snapshot, clone
+from ..threads import single_threaded
 from ..tolerances import tolerance
 
 
@@ -18,6 +19,7 @@ def _modes(case: LayerCase) -> list[bool]:
     return [False, True] if case.frozen else [False]
 
 
+@single_threaded
 def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Eval output is (x − running_mean)/sqrt(running_var + eps)·γ + β; batch stats when not tracking."""
     case = LayerCase(layer, name, x, seed)
@@ -38,6 +40,7 @@ def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
                         cause="eval mode does not normalize with the running statistics and the layer's eps")
 
 
+@single_threaded
 def assert_eval_state_unchanged(layer, x, *, name: str = "", seed: int = 0) -> None:
     """A forward in eval mode changes no buffer or parameter."""
     case = LayerCase(layer, name, x, seed)
@@ -59,6 +62,7 @@ def _outputs(model: nn.Module, x) -> list[torch.Tensor]:
         return [t for t in tree_leaves(model(x)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
+@single_threaded
 def assert_eval_single_sample(model: nn.Module, x, *, name: str = "", seed: int = 0, samples: int = 4) -> None:
     """In eval mode one sample alone gives the same output as inside the batch (a layer or a whole model)."""
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 2:

@@ -6,6 +6,7 @@ from .. import oracle
 from ..compare import check_close, fail
 from ..errors import BNCheckSkip
 from ..harness import LayerCase, params, run
+from ..threads import single_threaded
 from ..tolerances import LOW_PRECISION, tolerance
 
 
@@ -18,6 +19,7 @@ def _torch_supports(dtype: torch.dtype, device: torch.device) -> bool:
     return True
 
 
+@single_threaded
 def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISION) -> None:
     """float16/bfloat16 input gives output of the input dtype, within that dtype's tolerance of the oracle,
     while float32 running statistics and γ/β stay float32. A frozen BN, whose γ, β and statistics are plain
@@ -52,6 +54,7 @@ def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISIO
                                    "overflow in float16)")
 
 
+@single_threaded
 def assert_memory_format(layer, x, *, name: str = "", seed: int = 0) -> None:
     """channels_last input gives the same output and running statistics as contiguous input."""
     case = LayerCase(layer, name, x, seed)

@@ -5,6 +5,7 @@ import torch
 from .. import oracle
 from ..compare import check_close, fail
 from ..harness import LayerCase, run
+from ..threads import single_threaded
 from ..tolerances import tolerance
 
 
@@ -28,6 +29,7 @@ def _bug_variants(state: oracle.RunningStats, x, momentum, eps):
     ]
 
 
+@single_threaded
 def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
     """After each of several train batches from a non-trivial start, running mean, running variance and
     num_batches_tracked equal the oracle's: running ← (1 − m)·running + m·batch (variance unbiased);

@@ -5,9 +5,11 @@ import torch
 from .. import oracle
 from ..compare import check_close, fail
 from ..harness import LayerCase, params, run
+from ..threads import single_threaded
 from ..tolerances import tolerance
 
 
+@single_threaded
 def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
     """With γ=1, β=0 in train mode, each channel's output has mean 0 and std sqrt(var/(var+eps)) ≈ 1."""
     case = LayerCase(layer, name, x, seed)
@@ -32,6 +34,7 @@ def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
                     cause=cause + ", or does not divide by sqrt(var + eps)")
 
 
+@single_threaded
 def assert_batch_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Train-mode output equals the oracle: (x − mean)/sqrt(var_biased + eps)·γ + β with the layer's own eps."""
     case = LayerCase(layer, name, x, seed)
@@ -86,6 +89,7 @@ def _affine(x_hat, weight, bias, x, swapped=False):
     return x_hat * (1.0 if w is None else w) + (0.0 if b is None else b)
 
 
+@single_threaded
 def assert_single_value_raises(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Train mode with one value per channel (n = 1) raises instead of returning garbage."""
     case = LayerCase(layer, name, x, seed)

@@ -1,0 +1,110 @@
+"""Synchronized BatchNorm layers for tests/test_syncbn.py: a correct one written from scratch for CPU/gloo, a mutant,
+and layers whose workers misbehave (hang, raise, die) to prove that the SyncBN check always shuts its processes down.
+
+Module-level classes, so that every worker process can unpickle a factory of them (tests/ is on sys.path).
+"""
+
+import os
+import time
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.nn import functional as dist_nn
+
+
+def _dims(x: torch.Tensor) -> list[int]:
+    return [0, *range(2, x.dim())]
+
+
+def _channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+def all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, differentiable: the backward all-reduces the incoming gradient."""
+    with warnings.catch_warnings():  # torch 2.14 marks it deprecated for a functional API that is not autograd-aware
+        warnings.simplefilter("ignore", FutureWarning)
+        return dist_nn.all_reduce(t)
+
+
+def _synced() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class SumSyncBatchNorm(nn.Module):
+    """Correct: all-reduces each rank's per-channel sum, sum of squares and count (autograd-aware collective, so
+    the backward all-reduces the gradient terms too), then normalizes with the global mean and biased variance."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def global_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Global (mean, biased var, count) per channel."""
+        x64 = x.double()  # sum of squares minus squared mean cancels: accumulate in float64
+        c = x.shape[1]
+        count = torch.full((c,), x.numel() / c, dtype=torch.float64)
+        packed = torch.cat([x64.sum(_dims(x)), (x64 * x64).sum(_dims(x)), count])
+        if _synced():
+            packed = all_reduce(packed)
+        total, squares, n = packed.split(c)
+        mean = total / n
+        return mean, squares / n - mean * mean, n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean, var, n = self.global_stats(x)
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - m).add_(m * (var * n / (n - 1)).to(self.running_var.dtype))
+        else:
+            mean, var = self.running_mean, self.running_var
+        x_hat = (x - _channel(mean, x).to(x.dtype)) / torch.sqrt(_channel(var, x).to(x.dtype) + self.eps)
+        return x_hat * _channel(self.weight, x) + _channel(self.bias, x)
+
+
+class AveragedVarianceSyncBatchNorm(SumSyncBatchNorm):
+    """Mutant: the global mean is right, but the variance is the plain average of the ranks' own variances, which
+    loses the spread between the ranks' means (and ignores unequal batch sizes)."""
+
+    def global_stats(self, x):
+        mean, _, n = super().global_stats(x)
+        local_var = x.double().var(_dims(x), correction=0)
+        world = dist.get_world_size() if _synced() else 1
+        var = all_reduce(local_var) / world if _synced() else local_var
+        return mean, var, n
+
+
+class HangingSyncBatchNorm(SumSyncBatchNorm):
+    """Every rank hangs in its forward (as in a deadlock): the check must time out and end the processes."""
+
+    def forward(self, x):
+        while True:
+            time.sleep(0.05)
+
+
+class RaisingSyncBatchNorm(SumSyncBatchNorm):
+    """Rank 1 raises before the collective, so rank 0 is left waiting in it."""
+
+    def forward(self, x):
+        if dist.get_rank() == 1:
+            raise RuntimeError("planted failure on rank 1")
+        return super().forward(x)
+
+
+class DyingSyncBatchNorm(SumSyncBatchNorm):
+    """Rank 1's process exits abruptly, without a report."""
+
+    def forward(self, x):
+        if dist.get_rank() == 1:
+            os._exit(3)
+        return super().forward(x)

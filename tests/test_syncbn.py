@@ -1,0 +1,191 @@
+"""bncheck.syncbn across real processes: a correct from-scratch synchronized BN passes on CPU/gloo (unequal per-rank
+batch sizes, ranks whose data differ in mean and scale), a mutant fails with rank, quantity and worst element, torch's
+nn.SyncBatchNorm skips in one line on the CPU (runs with nccl on GPUs), and no worker outlives a check.
+
+The layers live in tests/sync_layers.py (module level: worker processes unpickle factories of them).
+"""
+
+import functools
+import multiprocessing
+import textwrap
+
+import pytest
+import torch
+from sync_layers import (
+    AveragedVarianceSyncBatchNorm,
+    DyingSyncBatchNorm,
+    HangingSyncBatchNorm,
+    RaisingSyncBatchNorm,
+    SumSyncBatchNorm,
+)
+from torch import nn
+
+from bncheck import syncbn
+from bncheck.errors import BNCheckError, BNCheckSkip, BNCheckUsageError
+from bncheck.syncbn import assert_syncbn_matches
+
+GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _helpers() -> set[int]:
+    """multiprocessing's own long-lived helpers (the forkserver, the resource tracker): not the check's workers."""
+    from multiprocessing import forkserver, resource_tracker
+
+    pids = {getattr(forkserver._forkserver, "_forkserver_pid", None),
+            getattr(resource_tracker._resource_tracker, "_pid", None)}
+    return {p for p in pids if p}
+
+
+def leftover_processes() -> list:
+    """Processes started from this one that still run: every descendant (with psutil), else active_children()."""
+    try:
+        import psutil
+    except ImportError:
+        return multiprocessing.active_children()
+    helpers = _helpers()
+    return [p for p in psutil.Process().children(recursive=True)
+            if p.pid not in helpers and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture
+def no_orphans():
+    """Fail the test if any worker process survives it."""
+    yield
+    left = leftover_processes()
+    assert not left, f"processes left running after the check: {left}"
+
+
+# ---- a correct synchronized BN passes, a wrong one fails ------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [
+    pytest.param({}, id="unequal-2-3-ranks-differ"),
+    pytest.param({"batch_sizes": [1, 5], "sample_shape": (3,), "momentum": None}, id="rank-with-one-sample-2d"),
+])
+def test_from_scratch_sync_bn_matches_one_bn_on_the_global_batch(kwargs, no_orphans):
+    momentum = kwargs.pop("momentum", 0.1)
+    channels = kwargs.get("sample_shape", (4,))[0]
+    assert_syncbn_matches(functools.partial(SumSyncBatchNorm, channels, momentum=momentum), world_size=2, **kwargs)
+
+
+def test_averaged_variances_fail_naming_rank_quantity_and_worst_element(no_orphans):
+    with pytest.raises(BNCheckError) as info:
+        assert_syncbn_matches(functools.partial(AveragedVarianceSyncBatchNorm, 4), world_size=2)
+    message = str(info.value)
+    assert "rank 0 of 2" in message and "train step 1" in message
+    assert "output differs from the float64 oracle" in message
+    assert "worst at sample=" in message and "channel=" in message
+    assert "variances were averaged instead of combined" in message
+
+
+# ---- torch's nn.SyncBatchNorm: one-line skip on the CPU, nccl on GPUs -------------------------------------------
+
+def _launch_forbidden(*args, **kwargs):
+    raise AssertionError("no process may start for a check that cannot run here")
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", id="cpu-asked"), pytest.param(None, id="default-device")])
+def test_torch_syncbn_on_cpu_skips_in_one_line_without_processes(device, monkeypatch, no_orphans):
+    if device is None and GPUS:
+        pytest.skip("this machine has a GPU: the default device runs torch's SyncBatchNorm")
+    monkeypatch.setattr(syncbn, "_launch", _launch_forbidden)
+    with pytest.raises(BNCheckSkip) as info:
+        assert_syncbn_matches(functools.partial(nn.SyncBatchNorm, 4), world_size=2, device=device)
+    message = str(info.value)
+    assert "\n" not in message
+    assert syncbn.GPU_ONLY_MESSAGE in message
+
+
+def test_too_few_gpus_for_nccl_skips_without_processes(monkeypatch):
+    monkeypatch.setattr(syncbn, "_launch", _launch_forbidden)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(BNCheckSkip, match=r"world_size 2 needs 2 CUDA device\(s\).*found 1"):
+        assert_syncbn_matches(functools.partial(nn.SyncBatchNorm, 4), world_size=2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("world_size", [
+    pytest.param(2, id="2-gpus"),
+    # torch's SyncBatchNorm does not synchronize at world size 1: this covers nccl, the devices and the harness.
+    pytest.param(1, id="1-gpu-harness"),
+])
+def test_torch_syncbn_on_gpus_with_nccl(world_size, no_orphans):
+    if world_size > GPUS:
+        pytest.skip(f"needs {world_size} CUDA GPU(s) for nccl (one process per GPU), found {GPUS}")
+    batch_sizes = [2, 3][:world_size]
+    assert_syncbn_matches(functools.partial(nn.SyncBatchNorm, 4), world_size=world_size, batch_sizes=batch_sizes,
+                          device="cuda", timeout=120)
+
+
+# ---- usage errors, and no worker outlives a check ----------------------------------------------------------------
+
+def test_unpicklable_factory_is_a_usage_error(monkeypatch):
+    monkeypatch.setattr(syncbn, "_launch", _launch_forbidden)
+    with pytest.raises(BNCheckUsageError, match="must be picklable"):
+        assert_syncbn_matches(lambda: SumSyncBatchNorm(4))
+
+
+@pytest.mark.parametrize("layer, timeout, message", [
+    pytest.param(HangingSyncBatchNorm, 3.0, r"rank\(s\) \[0, 1\] of 2 did not finish within 3 s", id="hangs"),
+    pytest.param(RaisingSyncBatchNorm, 60.0, "rank 1 of 2 raised RuntimeError: planted failure on rank 1",
+                 id="raises"),
+    pytest.param(DyingSyncBatchNorm, 60.0, "rank 1 exited with code 3 without a report", id="dies"),
+])
+def test_workers_always_end(layer, timeout, message, no_orphans):
+    with pytest.raises(BNCheckError, match=message):
+        assert_syncbn_matches(functools.partial(layer, 4), world_size=2, timeout=timeout)
+
+
+# ---- the plugin: a synchronized BN is an item of its own ---------------------------------------------------------
+
+PLUGIN_MODELS = textwrap.dedent("""
+    import torch
+    from torch import nn
+    from sync_layers import SumSyncBatchNorm, AveragedVarianceSyncBatchNorm
+
+    def _model(bn):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), bn, nn.ReLU())
+        model.example_input = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+        return model
+
+    def scratch():
+        return _model(SumSyncBatchNorm(4))
+
+    def averaged():
+        return _model(AveragedVarianceSyncBatchNorm(4))
+
+    def torch_sync():
+        return _model(nn.SyncBatchNorm(4))
+
+    def plain():
+        return _model(nn.BatchNorm2d(4))
+""")
+
+
+@pytest.fixture
+def syncmodels(pytester):
+    pytester.makepyfile(syncmodels=PLUGIN_MODELS)
+    pytester.syspathinsert()
+    return pytester
+
+
+@pytest.mark.parametrize("model, extra, outcome, line", [
+    pytest.param("scratch", [], {"passed": 1}, "*::syncbn[[]1] PASSED*", id="from-scratch-passes"),
+    pytest.param("averaged", [], {"failed": 1}, "*rank 0 of 2*variances were averaged*", id="mutant-fails"),
+    pytest.param("torch_sync", [], {"skipped": 1}, "*SKIPPED*SyncBatchNorm expected input tensor to be on GPU*",
+                 id="torch-sync-skips-on-cpu"),
+    pytest.param("plain", ["--bncheck-syncbn"], {"skipped": 1}, "*SKIPPED*converted to nn.SyncBatchNorm*",
+                 id="converted-skips-on-cpu"),
+])
+def test_plugin_adds_a_syncbn_item(syncmodels, model, extra, outcome, line):
+    if GPUS and "skipped" in outcome:
+        pytest.skip("on a GPU machine torch's SyncBatchNorm runs (or skips for fewer than 2 GPUs)")
+    result = syncmodels.runpytest(f"--bncheck-model=syncmodels:{model}", *extra, "-k", "syncbn", "-rs", "-v",
+                                  "-p", "no:cacheprovider")
+    result.assert_outcomes(**outcome, deselected=result.parseoutcomes().get("deselected", 0))
+    result.stdout.fnmatch_lines([line])
+
+
+def test_plugin_adds_no_syncbn_item_for_plain_bn(syncmodels):
+    result = syncmodels.runpytest("--bncheck-model=syncmodels:plain", "--collect-only", "-q", "-p", "no:cacheprovider")
+    assert "syncbn[" not in result.stdout.str()
