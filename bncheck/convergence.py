@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from .ablate import ablate
-from .data import Data
+from .data import Data, model_device
 from .errors import BNCheckError, BNCheckUsageError, one_line
 from .progress import progress_bar
 from .state import clone
@@ -52,7 +53,7 @@ class Training:
 
     steps: int = 300
     batch_size: int = 64
-    lr: float = 0.01
+    lr: float = 0.001  # Adam's own default; at 0.01 the no-BN seed CNN is nearly as fast (see reference/README.md)
     optimizer: str | Callable = "adam"
     target: float = 0.9
     metric: str = "accuracy"
@@ -108,25 +109,24 @@ class Curve:
         return self.test_loss[-1] if self.test_loss else float("nan")
 
 
-def _device_of(model: nn.Module, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def initialized(model: nn.Module, seed: int) -> nn.Module:
     """A copy of `model` with fresh weights: every module's reset_parameters() under torch.manual_seed(seed),
     in module order (BN layers also reset their running statistics). The global RNG is left as it was."""
     copy = clone(model)
-    with torch.random.fork_rng(devices=[]):
+    with _own_rng():
         torch.manual_seed(seed)
         for m in copy.modules():
             reset = getattr(m, "reset_parameters", None)
             if callable(reset):
                 reset()
     return copy
+
+
+def _own_rng():
+    """A block whose seeding leaves the caller's RNGs as they were: the CPU's and every initialized GPU's
+    (torch.manual_seed seeds them all)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else [])
 
 
 def _share_weights(source: nn.Module, target: nn.Module) -> None:
@@ -166,18 +166,23 @@ def batch_order(n: int, batch_size: int, steps: int, seed: int, device) -> torch
     return torch.cat(perms).reshape(-1, batch_size)[:steps].to(device)
 
 
-def train(model: nn.Module, data: Data, training: Training | None = None, *, seed: int = 0, label: str = "",
-          device=None, loss_fn=F.cross_entropy, progress=None, bar=None, **overrides) -> Curve:
-    """Train a copy of `model` on `data` (moved to `device` once) and return its Curve.
+def train(model: nn.Module, data: Data, training: Training | None = None, **kwargs) -> Curve:
+    """Train a copy of `model` on `data` and return its Curve (fit's, without the trained copy)."""
+    return fit(model, data, training, **kwargs)[1]
+
+
+def fit(model: nn.Module, data: Data, training: Training | None = None, *, seed: int = 0, label: str = "",
+        device=None, loss_fn=F.cross_entropy, progress=None, bar=None, **overrides) -> tuple[nn.Module, Curve]:
+    """Train a copy of `model` on `data` (moved to `device` once); return the trained copy and its Curve.
 
     The copy starts from `model`'s own weights; batches follow batch_order(seed); dropout masks follow
-    torch.manual_seed(seed) (the global RNG is restored afterwards). Keyword overrides set Training fields."""
+    torch.manual_seed(seed) (the global RNG is restored afterwards). Keyword overrides set Training fields.
+    loss_fn(logits, targets, reduction=...) scores both training and evaluation."""
     training = _training(training, overrides)
-    device = _device_of(model, device)
+    _require_data(data)
+    device = model_device(model, device)
     data = data.to(device)
     net = clone(model).to(device)
-    net.train()
-    optimizer = training.make_optimizer([p for p in net.parameters() if p.requires_grad])
     order = batch_order(len(data.x_train), training.batch_size, training.steps, seed, device)
     curve = Curve(label, seed)
     own_bar = bar is None
@@ -185,10 +190,14 @@ def train(model: nn.Module, data: Data, training: Training | None = None, *, see
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     since, elapsed = 0, 0.0
-    devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with _own_rng():
             torch.manual_seed(seed)
+            if any(is_lazy(p) for p in net.parameters()):  # materialize them (seeded) before the optimizer sees them
+                with torch.no_grad():
+                    net.eval()(data.x_train[:2])
+            net.train()
+            optimizer = training.make_optimizer([p for p in net.parameters() if p.requires_grad])
             started = time.perf_counter()
             for step in range(1, training.steps + 1):
                 idx = order[step - 1]
@@ -230,7 +239,13 @@ def train(model: nn.Module, data: Data, training: Training | None = None, *, see
     finally:
         if own_bar:
             bar.close()
-    return curve
+    return net, curve
+
+
+def _require_data(data) -> None:
+    if not isinstance(data, Data):
+        raise BNCheckUsageError(f"data: expected a bncheck.data.Data (digits(), mnist5k(), fashion_mnist(root) or "
+                                f"Data(name, x_train, y_train, x_test, y_test)), got {type(data).__name__}")
 
 
 def _training(training: Training | None, overrides: dict) -> Training:
@@ -275,6 +290,7 @@ class Comparison:
     seeds: list[int]
     runs: list[Curve]
     twin_runs: list[Curve]
+    data: str = ""  # the data set's name
 
     @property
     def censor(self) -> int:
@@ -337,7 +353,8 @@ class Comparison:
                 f"{self.reached}/{len(self.seeds)}, {self.twin_label} {self.twin_reached}/{len(self.seeds)}")
 
     def __str__(self) -> str:
-        return f"{self.summary()}\n  ({self.training.describe()})\n{self.table()}"
+        on = f"on {self.data}, " if self.data else ""
+        return f"{self.summary()}\n  ({on}{self.training.describe()})\n{self.table()}"
 
 
 def compare_convergence(model: nn.Module, data: Data, *, twin=None, seeds: int | Sequence[int] = 3,
@@ -353,7 +370,8 @@ def compare_convergence(model: nn.Module, data: Data, *, twin=None, seeds: int |
     own weights for every seed, so only the batch order and dropout masks vary.
     Keyword overrides set Training fields (steps, batch_size, lr, optimizer, target, metric, eval_every)."""
     training = _training(training, overrides)
-    device = _device_of(model, device)
+    _require_data(data)
+    device = model_device(model, device)
     data = data.to(device)
     seeds = _seeds(seeds)
     if twin_label is None:
@@ -373,14 +391,20 @@ def compare_convergence(model: nn.Module, data: Data, *, twin=None, seeds: int |
                 raise BNCheckUsageError(f"training on {data.name} {data.sample_shape} failed: {one_line(exc)}"
                                         f" (does the model take this input shape and output "
                                         f"{data.num_classes} logits?)") from exc
-    return Comparison(training, label, twin_label, seeds, runs, twin_runs)
+    return Comparison(training, label, twin_label, seeds, runs, twin_runs, data.name)
+
+
+def _failure(cmp: Comparison, message: str) -> BNCheckError:
+    """The assertion's BNCheckError, carrying the Comparison as `.comparison` for programmatic use."""
+    error = BNCheckError(message)
+    error.comparison = cmp
+    return error
 
 
 def _inconclusive(cmp: Comparison) -> BNCheckError | None:
     if cmp.reached == 0 and cmp.twin_reached == 0:
-        return BNCheckError(
-            f"inconclusive: neither {cmp.label} nor {cmp.twin_label} reached the target on any seed.\n{cmp}\n"
-            f"Lower the target, or allow more steps or a better learning rate.")
+        return _failure(cmp, f"inconclusive: neither {cmp.label} nor {cmp.twin_label} reached the target on any "
+                             f"seed.\n{cmp}\nLower the target, or allow more steps or a better learning rate.")
     return None
 
 
@@ -400,16 +424,42 @@ def assert_converges_faster(model: nn.Module, data: Data, *, max_ratio: float = 
         ok, rule = all(r <= max_ratio for r in cmp.ratios), f"steps ratio ≤ {max_ratio:g} on every seed"
     if ok:
         return cmp
+    raise _failure(cmp, f"{cmp.label} does not converge faster than {cmp.twin_label} ({rule} required).\n{cmp}\n"
+                        f"Likely cause: {_slower_cause(cmp)}")
+
+
+def _slower_cause(cmp: Comparison) -> str:
+    """Why the model was not faster, judged from its curves: a broken forward pass, eval-mode statistics that do
+    not match training, BN layers that do nothing, or simply no benefit here."""
+    target = cmp.training.target
+    best_train = statistics.median(max(c.train_accuracy, default=0.0) for c in cmp.runs)
+    best_test = statistics.median(max(c.test_accuracy, default=0.0) for c in cmp.runs)
+    if cmp.reached == 0 and cmp.twin_reached == 0:
+        return ("inconclusive: neither reached the target on any seed; lower the target, or allow more steps or a "
+                "better learning rate")
+    if any(c.diverged for c in cmp.runs):
+        return f"{cmp.label}'s training loss became NaN or infinite (a BN that divides by a zero variance, eps ≤ 0)"
+    if cmp.reached == 0 and cmp.training.metric == "accuracy" and best_train >= target:
+        return (f"{cmp.label} learns in train mode (median best train-batch accuracy {best_train:.3f}) but not in "
+                f"eval mode (median best test accuracy {best_test:.3f}, scored in eval mode): its running "
+                f"statistics do not match its training statistics (never updated: momentum 0 or frozen buffers; "
+                f"wrong momentum or variance)")
     if cmp.reached == 0:
-        cause = (f"{cmp.label} never reached the target: a BN that breaks the forward pass (zeroed or constant "
-                 f"output, wrong statistics, NaN), or a target out of reach")
-    elif cmp.twin_reached == cmp.reached and max(cmp.ratios) <= 1.25 and min(cmp.ratios) >= 0.8:
-        cause = (f"{cmp.label} and {cmp.twin_label} train alike: the BN layers may not be doing anything (frozen or "
-                 f"wrong statistics, identity-like), or BN does not help this model/data/learning rate")
-    else:
-        cause = f"{cmp.label} is not clearly faster here (BN's benefit depends on depth, learning rate and optimizer)"
-    raise BNCheckError(f"{cmp.label} does not converge faster than {cmp.twin_label} ({rule} required).\n{cmp}\n"
-                       f"Likely cause: {cause}")
+        return (f"{cmp.label} never reached the target (median best test accuracy {best_test:.3f}, best train-batch "
+                f"accuracy {best_train:.3f}): a BN that breaks the forward pass (zeroed or constant output, wrong "
+                f"statistics, NaN), or a target out of reach")
+    if cmp.twin_reached == cmp.reached and max(cmp.ratios) <= 1.25 and min(cmp.ratios) >= 0.8:
+        if cmp.twin_label != "no BN":
+            return (f"{cmp.label} and {cmp.twin_label} train alike: what the twin changes makes no measurable "
+                    f"difference here (the second seed tutorial's finding for BN before/after the activation, the "
+                    f"bias before BN and dropout)")
+        return (f"{cmp.label} and {cmp.twin_label} train alike: the BN layers may not be doing anything (normalizing "
+                f"with fixed or running instead of batch statistics, identity-like), or BN does not help this "
+                f"model/data/learning rate")
+    if cmp.median_ratio > 1.25:
+        return (f"{cmp.label} is slower than {cmp.twin_label}: a BN whose eval-mode or train-mode statistics are "
+                f"wrong, or BN hurts at this batch size/learning rate")
+    return f"{cmp.label} is not clearly faster here (BN's benefit depends on depth, learning rate and optimizer)"
 
 
 def assert_no_slower(model: nn.Module, data: Data, *, max_ratio: float = 1.25, **kwargs) -> Comparison:
@@ -419,8 +469,8 @@ def assert_no_slower(model: nn.Module, data: Data, *, max_ratio: float = 1.25, *
     if err:
         raise err
     if cmp.median_ratio > max_ratio:
-        raise BNCheckError(f"{cmp.label} converges slower than {cmp.twin_label} (median steps ratio ≤ "
-                           f"{max_ratio:g} required).\n{cmp}")
+        raise _failure(cmp, f"{cmp.label} converges slower than {cmp.twin_label} (median steps ratio ≤ "
+                            f"{max_ratio:g} required).\n{cmp}\nLikely cause: {_slower_cause(cmp)}")
     return cmp
 
 
@@ -432,8 +482,8 @@ def assert_same_speed(model: nn.Module, data: Data, *, within: float = 1.25, **k
         raise err
     if not 1 / within <= cmp.median_ratio <= within:
         faster = cmp.label if cmp.median_ratio < 1 else cmp.twin_label
-        raise BNCheckError(f"{cmp.label} and {cmp.twin_label} differ measurably: {faster} is faster (median steps "
-                           f"ratio within [{1 / within:.2f}, {within:g}] required).\n{cmp}")
+        raise _failure(cmp, f"{cmp.label} and {cmp.twin_label} differ measurably: {faster} is faster (median steps "
+                            f"ratio within [{1 / within:.2f}, {within:g}] required).\n{cmp}")
     return cmp
 
 
@@ -454,7 +504,7 @@ def assert_tolerates_higher_lr(model: nn.Module, data: Data, *, lr: float, margi
     else:
         why = (f"{cmp.twin_label} copes as well at lr={lr:g}: it reached the target on {cmp.twin_reached}/{k} seeds "
                f"and its median final accuracy {twin_med:.3f} is within {margin:g} of {med:.3f}")
-    raise BNCheckError(f"{cmp.label} does not tolerate a higher learning rate than {cmp.twin_label}: {why}.\n{cmp}")
+    raise _failure(cmp, f"{cmp.label} does not tolerate a higher learning rate than {cmp.twin_label}: {why}.\n{cmp}")
 
 
 def combinations(**params: Sequence) -> list:
@@ -512,8 +562,9 @@ def sweep(model: nn.Module, data: Data, *, lrs: Sequence[float], seeds: int | Se
     applied to each seed's freshly initialized model (None: the model itself); by default {"BN": None,
     "no BN": bncheck.ablate}, so all variants of one seed start from the same weights."""
     training = _training(training, overrides)
+    _require_data(data)
     variants = {"BN": None, "no BN": ablate} if variants is None else dict(variants)
-    device = _device_of(model, device)
+    device = model_device(model, device)
     data = data.to(device)
     rows = []
     runs = combinations(seed=_seeds(seeds), lr=list(lrs), variant=list(variants))

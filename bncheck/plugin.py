@@ -6,6 +6,8 @@ import pytest
 
 MODEL_OPTION = "--bncheck-model"
 BENCHMARK_OPTION = "--bncheck-benchmark"
+CONVERGENCE_OPTION = "--bncheck-convergence"
+DATA_ROOT_OPTION = "--bncheck-data-root"
 _OPTIONS = [
     # (option, ini name, help, extra addoption kwargs)
     (MODEL_OPTION, "bncheck_model", "model to check: module.path:attr (an nn.Module or a zero-argument factory); "
@@ -23,6 +25,12 @@ _OPTIONS = [
      "processes (needs 2 GPUs; synchronized BN layers are always checked)", {"action": "store_true"}),
     (BENCHMARK_OPTION, "bncheck_benchmark", "also add throughput benchmark items through pytest-benchmark: the model "
      "and each BN layer x forward_train, forward_eval, backward x memory format", {"action": "store_true"}),
+    (CONVERGENCE_OPTION, "bncheck_convergence", "also add a convergence item per model: it must reach 0.9 test "
+     "accuracy in fewer steps than its no-BN twin, on real data fitting its input (built in: 8x8 digits, MNIST-5k; "
+     "or --bncheck-data-root)", {"action": "store_true"}),
+    (DATA_ROOT_OPTION, "bncheck_data_root", "directory holding FashionMNIST/raw/ with the four uncompressed IDX files "
+     "(train-*, t10k-*): the convergence item's data instead of the built-in sets; never downloads",
+     {"metavar": "DIR"}),
 ]
 _DEFAULTS = {"bncheck_batch_size": 8, "bncheck_device": "auto", "bncheck_dtype": "float32", "bncheck_seed": 0,
              "bncheck_strict": False}
@@ -34,7 +42,8 @@ def pytest_addoption(parser):
     for option, ini, help_text, kwargs in _OPTIONS:
         group.addoption(option, dest=ini, help=help_text, **kwargs)
         ini_type = ("linelist" if ini == "bncheck_model" else
-                    "bool" if ini in ("bncheck_strict", "bncheck_benchmark", "bncheck_syncbn") else "string")
+                    "bool" if ini in ("bncheck_strict", "bncheck_benchmark", "bncheck_syncbn", "bncheck_convergence")
+                    else "string")
         parser.addini(ini, help=help_text, type=ini_type, default=None)
 
 
@@ -58,6 +67,16 @@ def _integer(config, ini: str) -> int:
         from bncheck.errors import BNCheckUsageError
 
         raise BNCheckUsageError(f"{ini} = {value!r}: expected an integer") from None
+
+
+def _data_root(config) -> str | None:
+    """--bncheck-data-root as given (relative to the current directory), or the ini value relative to the ini file."""
+    value = config.getoption("bncheck_data_root")
+    if _not_given(value):
+        value = config.getini("bncheck_data_root")
+        if not _not_given(value) and config.inipath is not None:
+            value = str(config.inipath.parent / value)
+    return None if _not_given(value) else value
 
 
 def _specs(config) -> list[str]:
@@ -90,9 +109,18 @@ def pytest_sessionstart(session):
             seed=_integer(config, "bncheck_seed"),
             strict=bool(_setting(config, "bncheck_strict")),
             syncbn=bool(_setting(config, "bncheck_syncbn")),
+            convergence=bool(_setting(config, "bncheck_convergence")),
+            data_root=_data_root(config),
         )
         if settings.batch_size < 2:
             raise BNCheckUsageError("--bncheck-batch-size must be at least 2 (train-mode BN needs n > 1)")
+        if settings.data_root is not None:
+            from bncheck.data import check_fashion_root
+
+            try:
+                check_fashion_root(settings.data_root)
+            except BNCheckUsageError as exc:
+                raise BNCheckUsageError(f"{DATA_ROOT_OPTION}={settings.data_root}: {exc}") from None
         config.stash[_PLANS] = [Plan(spec_mod.load(s), settings) for s in specs]
     except BNCheckUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -141,6 +169,15 @@ class BNCheckModel(pytest.Collector):
         # params "layer"), so --lf and --ff match these items.
         return [BNCheckItem.from_parent(self, name=case.name, nodeid=f"{self.nodeid}::{case.name}", case=case)
                 for case in self.plan.cases()]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skipped bncheck item is located by its id in `-rs` (not by the line of pytest that raised the skip)."""
+    report = yield
+    if isinstance(item, BNCheckItem) and report.skipped and isinstance(report.longrepr, tuple):
+        report.longrepr = (item.nodeid, None, report.longrepr[2])
+    return report
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -17,6 +17,9 @@ Property-test your own BN against bncheck's float64 oracle::
         check_close(y, expected, where="MyBatchNorm", quantity="train output", tol=tolerance(case.x.dtype),
                     cause="see the contract", axes=("sample", "channel"))
 
+A complete runnable example (train output, running statistics and eval output), and the property tests bncheck runs
+on torch's BN and on the oracle: docs/PROPERTIES.md.
+
 Inputs are built from a drawn seed and a few drawn per-channel numbers (scale, offset, distribution), not
 element by element, so examples stay fast (at most ~2k elements by default) and shrink to readable cases.
 Values are finite, every channel varies (n ≥ 2 values, not all equal), and the per-channel offset is bounded

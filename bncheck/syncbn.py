@@ -17,6 +17,8 @@ The factory is called in every worker process, so it must be picklable: a module
     def test_my_sync_bn():  # on the CPU, with gloo
         assert_syncbn_matches(functools.partial(MySyncBatchNorm, 8), world_size=2)
 
+A complete example, and what a failure says: docs/PROPERTIES.md.
+
 torch's own ``nn.SyncBatchNorm`` runs only on GPU/XPU: with a process group and CPU input it raises "SyncBatchNorm
 expected input tensor to be on GPU ...". Without enough CUDA devices the check raises BNCheckSkip with a one-line
 reason, without starting any process.
@@ -54,6 +56,7 @@ LOOPBACK = "127.0.0.1"
 GPU_ONLY_MESSAGE = "SyncBatchNorm expected input tensor to be on GPU"
 _SHUTDOWN_GRACE = 5.0  # seconds a worker gets to exit after its report, and after SIGTERM, before SIGKILL
 _WORKER_GRACE = 15.0  # a worker past its parent's timeout by this much exits by itself
+_DEATH_GRACE = 2.0  # seconds to wait for the exit code of a rank that sent no report, once another rank failed
 
 
 def is_synchronized(module: nn.Module) -> bool:
@@ -339,7 +342,11 @@ def _launch(setup: _Setup, factory, backend: str, timeout: float, start_method: 
                                                payload, results, timeout, list(sys.path), os.getcwd())))
             processes[-1].start()
         reports = _collect(processes, results, setup.world_size, timeout, setup.label)
-        # A rank that died silently makes its peers' collectives fail: that rank, not theirs, is the news.
+        # A rank that died silently makes its peers' collectives fail: that rank, not theirs, is the news. Its
+        # peer may report the failure before the dead process is reaped, hence the short wait for its exit code.
+        for r, p in enumerate(processes):
+            if r not in reports:
+                p.join(timeout=_DEATH_GRACE)
         crashed = {r: p.exitcode for r, p in enumerate(processes) if r not in reports and p.exitcode is not None}
     finally:
         complete = len(reports) == setup.world_size and all(r[1] == "ok" for r in reports.values())

@@ -1,5 +1,6 @@
-"""Synchronized BatchNorm layers for tests/test_syncbn.py: a correct one written from scratch for CPU/gloo, a mutant,
-and layers whose workers misbehave (hang, raise, die) to prove that the SyncBN check always shuts its processes down.
+"""Synchronized BatchNorm layers for tests/test_syncbn.py: a correct one written from scratch for CPU/gloo, mutants
+with the known synchronization bugs, and layers whose workers misbehave (hang, raise, die, outlive a killed parent)
+to prove that the SyncBN check always shuts its processes down.
 
 Module-level classes, so that every worker process can unpickle a factory of them (tests/ is on sys.path).
 """
@@ -84,6 +85,47 @@ class AveragedVarianceSyncBatchNorm(SumSyncBatchNorm):
         return mean, var, n
 
 
+class EqualWeightsSyncBatchNorm(SumSyncBatchNorm):
+    """Mutant (pytorch/pytorch#22192): combines the ranks' means and variances correctly (the spread between the
+    ranks' means included) but weighs every rank equally: right for equal batch sizes, wrong for unequal ones."""
+
+    def global_stats(self, x):
+        x64, dims = x.double(), _dims(x)
+        c, n_local = x.shape[1], x.numel() / x.shape[1]
+        mean, var = x64.mean(dims), x64.var(dims, correction=0)
+        world = dist.get_world_size() if _synced() else 1
+        packed = torch.cat([mean, var + mean * mean])
+        if _synced():
+            packed = all_reduce(packed)
+        mean_sum, second_sum = packed.split(c)
+        g_mean = mean_sum / world
+        n = torch.full((c,), n_local, dtype=torch.float64)
+        if _synced():
+            n = all_reduce(n)
+        return g_mean, second_sum / world - g_mean * g_mean, n
+
+
+class DetachedSyncBatchNorm(SumSyncBatchNorm):
+    """Mutant: the forward is right, but the statistics are all-reduced outside autograd (torch.distributed's
+    plain all_reduce on detached sums), so the backward sees only the rank's own contribution to them: the output
+    and running statistics match, dx does not."""
+
+    def global_stats(self, x):
+        x64, dims = x.double(), _dims(x)
+        c = x.shape[1]
+        local = torch.cat([x64.sum(dims), (x64 * x64).sum(dims)])
+        total = local.detach().clone()
+        if _synced():
+            dist.all_reduce(total)
+        packed = local + (total - local.detach())  # the global value, but the gradient of the local sums only
+        n = torch.full((c,), x.numel() / c, dtype=torch.float64)
+        if _synced():
+            dist.all_reduce(n)
+        sums, squares = packed.split(c)
+        mean = sums / n
+        return mean, squares / n - mean * mean, n
+
+
 class HangingSyncBatchNorm(SumSyncBatchNorm):
     """Every rank hangs in its forward (as in a deadlock): the check must time out and end the processes."""
 
@@ -107,4 +149,20 @@ class DyingSyncBatchNorm(SumSyncBatchNorm):
     def forward(self, x):
         if dist.get_rank() == 1:
             os._exit(3)
+        return super().forward(x)
+
+
+class PidFileHangingSyncBatchNorm(HangingSyncBatchNorm):
+    """Writes "<its pid> <its parent's pid>" to `directory`/rank<r>.pid, then hangs: for the test that kills the
+    check's process and expects the workers (and a forkserver, their parent) to exit by themselves."""
+
+    def __init__(self, num_features: int, directory: str):
+        super().__init__(num_features)
+        self.directory = directory
+
+    def forward(self, x):
+        path = os.path.join(self.directory, f"rank{dist.get_rank()}.pid")
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{os.getpid()} {os.getppid()}")
+        os.replace(path + ".tmp", path)
         return super().forward(x)

@@ -366,7 +366,7 @@ def test_model_without_bn_is_one_skipped_item(bnmodels):
     result.stdout.fnmatch_lines([
         "bncheck: bnmodels:nobn on *; 0 BN layers (none)",
         "bncheck[bnmodels:nobn] model: 0 passed, 0 failed, 1 skipped",
-        "SKIPPED * bnmodels:nobn: no BatchNorm layer found*",
+        "SKIPPED [[]1[]] bncheck[[]bnmodels:nobn[]]::no_batchnorm: bnmodels:nobn: no BatchNorm layer found*",
     ])
 
 

@@ -1,19 +1,28 @@
 """bncheck.syncbn across real processes: a correct from-scratch synchronized BN passes on CPU/gloo (unequal per-rank
-batch sizes, ranks whose data differ in mean and scale), a mutant fails with rank, quantity and worst element, torch's
-nn.SyncBatchNorm skips in one line on the CPU (runs with nccl on GPUs), and no worker outlives a check.
+batch sizes, ranks whose data differ in mean and scale, 2 and 3 ranks), the known bugs fail with rank, quantity and
+worst element (averaged variances, equal rank weights, statistics reduced outside autograd), torch's nn.SyncBatchNorm
+skips in one line on the CPU (runs with nccl on GPUs), and no worker outlives a check, nor a killed checking process.
 
 The layers live in tests/sync_layers.py (module level: worker processes unpickle factories of them).
 """
 
 import functools
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from sync_layers import (
     AveragedVarianceSyncBatchNorm,
+    DetachedSyncBatchNorm,
     DyingSyncBatchNorm,
+    EqualWeightsSyncBatchNorm,
     HangingSyncBatchNorm,
     RaisingSyncBatchNorm,
     SumSyncBatchNorm,
@@ -60,11 +69,14 @@ def no_orphans():
 @pytest.mark.parametrize("kwargs", [
     pytest.param({}, id="unequal-2-3-ranks-differ"),
     pytest.param({"batch_sizes": [1, 5], "sample_shape": (3,), "momentum": None}, id="rank-with-one-sample-2d"),
+    pytest.param({"world_size": 3, "batch_sizes": [4, 1, 2], "sample_shape": (2, 2, 3, 2), "dtype": torch.float64},
+                 id="3-ranks-float64-5d"),
 ])
 def test_from_scratch_sync_bn_matches_one_bn_on_the_global_batch(kwargs, no_orphans):
     momentum = kwargs.pop("momentum", 0.1)
     channels = kwargs.get("sample_shape", (4,))[0]
-    assert_syncbn_matches(functools.partial(SumSyncBatchNorm, channels, momentum=momentum), world_size=2, **kwargs)
+    kwargs.setdefault("world_size", 2)
+    assert_syncbn_matches(functools.partial(SumSyncBatchNorm, channels, momentum=momentum), **kwargs)
 
 
 def test_averaged_variances_fail_naming_rank_quantity_and_worst_element(no_orphans):
@@ -75,6 +87,23 @@ def test_averaged_variances_fail_naming_rank_quantity_and_worst_element(no_orpha
     assert "output differs from the float64 oracle" in message
     assert "worst at sample=" in message and "channel=" in message
     assert "variances were averaged instead of combined" in message
+
+
+def test_equal_rank_weights_pass_equal_batch_sizes_and_fail_unequal_ones(no_orphans):
+    """pytorch/pytorch#22192: weighing each rank equally is right only when the batch sizes are equal, so the
+    check's default unequal sizes are what catches it."""
+    factory = functools.partial(EqualWeightsSyncBatchNorm, 4)
+    assert_syncbn_matches(factory, world_size=2, batch_sizes=[3, 3])
+    with pytest.raises(BNCheckError, match=r"per-rank batch sizes \[2, 3\].*output differs.*averaged with equal "
+                                           r"weights although their batch sizes differ"):
+        assert_syncbn_matches(factory, world_size=2)
+
+
+def test_statistics_reduced_outside_autograd_fail_on_dx(no_orphans):
+    """The forward (and running statistics) right, the backward blind to the other ranks: dx names it."""
+    with pytest.raises(BNCheckError, match=r"rank 0 of 2.*train step 1: dx \(gradient w\.r\.t\. the rank's "
+                                           r"input\) differs.*worst at sample=.*all-reduce the gradient terms"):
+        assert_syncbn_matches(functools.partial(DetachedSyncBatchNorm, 4), world_size=2)
 
 
 # ---- torch's nn.SyncBatchNorm: one-line skip on the CPU, nccl on GPUs -------------------------------------------
@@ -134,6 +163,63 @@ def test_unpicklable_factory_is_a_usage_error(monkeypatch):
 def test_workers_always_end(layer, timeout, message, no_orphans):
     with pytest.raises(BNCheckError, match=message):
         assert_syncbn_matches(functools.partial(layer, 4), world_size=2, timeout=timeout)
+
+
+def _ended(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has ended, whoever reaps it
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+KILLED_PARENT = """
+import functools, sys
+sys.path.insert(0, {tests!r})
+from sync_layers import PidFileHangingSyncBatchNorm
+from bncheck.syncbn import assert_syncbn_matches
+assert_syncbn_matches(functools.partial(PidFileHangingSyncBatchNorm, 4, {directory!r}), world_size=2, timeout=300)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and /proc")
+def test_workers_exit_when_the_checking_process_is_killed(tmp_path):
+    """SIGKILL the process running a check (as a CI job's timeout would) while its workers hang in a collective:
+    the workers and the forkserver, their parent, exit by themselves long before the check's 300 s timeout."""
+    code = KILLED_PARENT.format(tests=str(Path(__file__).parent), directory=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    pids: set[int] = set()
+    try:
+        files = [tmp_path / f"rank{r}.pid" for r in range(2)]
+        deadline = time.monotonic() + 120
+        while not all(f.exists() for f in files):
+            if proc.poll() is not None:
+                pytest.fail(f"the check ended (code {proc.returncode}) before its workers hung:\n{proc.stderr.read()}")
+            assert time.monotonic() < deadline, "the workers never reached their forward"
+            time.sleep(0.1)
+        pids = {int(p) for f in files for p in f.read_text().split()}
+        pids.discard(proc.pid)  # under the spawn start method the workers' parent is the killed process itself
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while not all(_ended(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = sorted(p for p in pids if not _ended(p))
+        assert not left, f"processes still running 15 s after the checking process was killed: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        for p in pids:  # never leave one behind, even when the test fails
+            if not _ended(p):
+                os.kill(p, signal.SIGKILL)
 
 
 # ---- the plugin: a synchronized BN is an item of its own ---------------------------------------------------------
