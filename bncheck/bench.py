@@ -568,8 +568,8 @@ def format_table(results: Sequence[Result | dict], *, markdown: bool = False) ->
                      "" if gbs is None else _fmt(r["fraction_of_copy"], ".2f")))
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-        lines += ["| " + " | ".join(f"`{row[0]}`" if i == 0 else c for i, c in enumerate(row)) + " |"
-                  for row in rows]
+        # a "|" inside a code span still splits a table cell: escaped
+        lines += ["| " + " | ".join([f"`{row[0]}`".replace("|", "\\|"), *row[1:]]) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
     out = []
