@@ -35,18 +35,22 @@ def _sequential_pairs(model: nn.Module):
                 yield (f"{prefix}.{a_name}" if prefix else a_name), (f"{prefix}.{b_name}" if prefix else b_name)
 
 
-def find_redundant_bias(model: nn.Module, example_input=None) -> list[Finding]:
+def find_redundant_bias(model: nn.Module, example_input=None, *, producers: dict[str, str] | None = None
+                        ) -> list[Finding]:
     """Conv/linear layers with a bias whose output feeds a (non-frozen) BN directly: β absorbs the bias.
 
     With an example input (or a model.example_input attribute) the producer of each BN input is found by
-    tensor identity during one forward of a copy, for any model; without one, only adjacent layers of
-    nn.Sequential containers are seen."""
+    tensor identity during one forward of a copy, for any model (or taken from `producers`, BN name → producer
+    name, of a `capture` already made); without either, only adjacent layers of nn.Sequential containers are
+    seen."""
     if example_input is None:
         example_input = getattr(model, "example_input", None)
-    if example_input is not None:
-        pairs = [(producer, bn) for bn, producer in capture(model, example_input).producers.items()]
+    if producers is None and example_input is not None:
+        producers = capture(model, example_input).producers
+    if producers is not None:
+        pairs = [(producer, bn) for bn, producer in producers.items()]
     else:
-        pairs = [(a, b) for a, b in _sequential_pairs(model)]
+        pairs = list(_sequential_pairs(model))
     bns = find_batchnorms(model)
     findings = []
     for producer_name, bn_name in pairs:

@@ -13,7 +13,7 @@ from . import lints
 from .capture import capture
 from .checks import LAYER_CHECKS
 from .discover import find_batchnorms, kind_of
-from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning
+from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
 from .model_checks import MODEL_CHECKS
 from .spec import Loaded
 from .state import clone
@@ -21,7 +21,7 @@ from .syncbn import check_model_layer, syncbn_targets
 from .tolerances import LOW_PRECISION
 
 LINTS = {
-    "redundant_bias": lambda plan: lints.find_redundant_bias(plan.work, plan.example),
+    "redundant_bias": lambda plan: lints.find_redundant_bias(plan.work, producers=plan.producers),
     "keras_momentum": lambda plan: lints.find_keras_momentum(plan.work),
     "frozen_affine": lambda plan: lints.find_frozen_affine_training(plan.work),
 }
@@ -61,8 +61,21 @@ class Plan:
         self.example = self._example(loaded.example_input, settings)
         self.work = clone(self.model).to(settings.device)
         self.layers = find_batchnorms(self.model)
-        captured = capture(self.work, self.example)
+        self.train_error = None  # why the model does not run in train mode on the example input, if it does not
+        try:
+            captured = capture(self.work, self.example)
+        except BNCheckUsageError as exc:
+            # A model that needs more than an input in train mode (a detector wants targets) still runs in eval
+            # mode: its BN layers' inputs come from there, and the checks that must train it skip.
+            if not any(m.training for m in self.work.modules()):
+                raise
+            try:
+                captured = capture(self.work, self.example, train=False)
+            except BNCheckUsageError:
+                raise exc from None
+            self.train_error = str(exc).removeprefix("the model rejected the example input: ")
         self.inputs = captured.inputs
+        self.producers = captured.producers
         self.output = captured.output
 
     def _example(self, given, settings: Settings):
@@ -81,7 +94,8 @@ class Plan:
         kinds = Counter(kind_of(m).split(",")[0] for m in self.layers.values())
         found = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "none"
         return (f"bncheck: {self.spec} on {self.settings.device}, {str(self.settings.dtype).removeprefix('torch.')}, "
-                f"torch {torch.__version__}; {len(self.layers)} BN layers ({found})")
+                f"torch {torch.__version__}; {len(self.layers)} BN layers ({found})"
+                + (f"; inputs captured in eval mode (train mode: {self.train_error})" if self.train_error else ""))
 
     def cases(self) -> list[Case]:
         if not self.layers:
@@ -151,7 +165,17 @@ class Plan:
         return run
 
     def _model_check(self, check: str):
-        return lambda: MODEL_CHECKS[check](self.work, self.example, name=self.spec)
+        def run():
+            try:
+                MODEL_CHECKS[check](self.work, self.example, name=self.spec)
+            except (BNCheckError, BNCheckSkip):
+                raise
+            except Exception as exc:
+                if self.train_error is None:
+                    raise
+                raise BNCheckSkip(f"{self.spec}: the model does not run in train mode on the example input "
+                                  f"({self.train_error}); this check raised {one_line(exc)}") from None
+        return run
 
     def _lint(self, lint: str):
         def run():

@@ -124,3 +124,22 @@ def raising_factory():
 
 def returns_int():
     return 7
+
+
+class Detector(nn.Module):
+    """Like torchvision's detectors: train mode wants targets, eval mode returns one dict per image; the bias
+    feeding its BN is redundant (the lint must find it from the eval-mode capture)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4), nn.ReLU())
+
+    def forward(self, images, targets=None):
+        if self.training and targets is None:
+            raise AssertionError("targets should not be none when in training mode")
+        features = self.body(images)
+        return [{"scores": f.mean((1, 2)), "labels": f.argmax(0).flatten()} for f in features]
+
+
+detector = Detector()
+detector.example_input = _x(3, 3, 8, 8)

@@ -118,3 +118,20 @@ def test_mutant_models_are_unchanged_after_failing_checks():
 def test_train_vs_eval_skips_when_no_layer_tracks_stats():
     with pytest.raises(BNCheckSkip, match="no BN layer"):
         MODEL_CHECKS["train_vs_eval"](net(torchvision.ops.FrozenBatchNorm2d(4)), X)
+
+
+class PerImage(nn.Module):
+    """A detector-like head: one dict per image (as torchvision's detectors return in eval mode)."""
+
+    def __init__(self, bn: nn.Module):
+        super().__init__()
+        self.body = net(bn)
+
+    def forward(self, images):
+        return [{"scores": logits, "labels": logits.argmax(0, keepdim=True)} for logits in self.body(images)]
+
+
+def test_eval_single_sample_compares_per_image_outputs_per_image():
+    MODEL_CHECKS["eval_single_sample"](PerImage(nn.BatchNorm2d(4)), X, name="per-image")
+    with pytest.raises(BNCheckError, match=r"per-image, eval mode, sample 0 alone vs in a batch of 6"):
+        MODEL_CHECKS["eval_single_sample"](PerImage(EvalIgnoredBN(4)), X, name="per-image")

@@ -530,3 +530,23 @@ def test_usage_error_in_a_real_process(bnmodels):
     assert_usage_error(result, "--bncheck-model=bnmodels:raising_factory: the factory raised RuntimeError: "
                                "cannot build the model")
     assert "second line" not in result.stderr.str()
+
+
+def test_model_that_needs_targets_in_train_mode_is_checked_from_eval_mode(bnmodels):
+    """A detector-like model: the BN layer's input is captured in eval mode (said in the header), its checks
+    run, per-image outputs are compared per image, the lint still sees the bias, and the model items that must
+    train the whole model skip with the model's own reason."""
+    result = bnmodels.runpytest("--bncheck-model=bnmodels:detector", "-rs")
+    outcomes = outcomes_by_id(result)
+    spec = "bncheck[bnmodels:detector]"
+    assert {i for i, o in outcomes.items() if o == "failed"} == set()
+    assert outcomes[f"{spec}::model_train_vs_eval"] == outcomes[f"{spec}::model_state_dict_roundtrip"] == "skipped"
+    assert outcomes[f"{spec}::model_eval_single_sample"] == outcomes[f"{spec}::batch_stats[body.1]"] == "passed"
+    result.stdout.fnmatch_lines([
+        "bncheck: bnmodels:detector on *; 1 BN layers (BatchNorm2d: 1); inputs captured in eval mode (train mode: "
+        "AssertionError: targets should not be none when in training mode)",
+        "SKIPPED * bncheck[[]bnmodels:detector[]]::model_train_vs_eval: bnmodels:detector: the model does not run "
+        "in train mode on the example input (AssertionError: targets should not be none*",
+    ])
+    warned = [str(c.warning_message.message) for c in result.reprec.getcalls("pytest_warning_recorded")]
+    assert any("body.0 (Conv2d) has a bias whose output feeds body.1" in w for w in warned), warned

@@ -57,9 +57,19 @@ def assert_eval_state_unchanged(layer, x, *, name: str = "", seed: int = 0) -> N
                            "running statistics updated outside train mode")
 
 
-def _outputs(model: nn.Module, x) -> list[torch.Tensor]:
+def _floats(tree) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def _per_sample(model: nn.Module, x) -> list[list[torch.Tensor]]:
+    """The model's floating-point outputs on batch x, per sample: slices of batched tensors, or the i-th element
+    of a per-sample list (a detector's list of dicts)."""
     with torch.no_grad():
-        return [t for t in tree_leaves(model(x)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        out = model(x)
+    n = x.shape[0]
+    if isinstance(out, (list, tuple)) and len(out) == n and not any(isinstance(o, torch.Tensor) for o in out):
+        return [_floats(o) for o in out]
+    return [[t[i:i + 1] for t in _floats(out)] for i in range(n)]
 
 
 @single_threaded
@@ -78,15 +88,16 @@ def assert_eval_single_sample(model: nn.Module, x, *, name: str = "", seed: int 
     else:
         twin = clone(model)
     twin.eval()
-    batch = _outputs(twin, x)
+    batch = _per_sample(twin, x)
     tol = tolerance(x.dtype)
     for i in range(min(samples, x.shape[0])):
-        alone = _outputs(twin, x[i:i + 1])
-        if len(alone) != len(batch):
-            raise fail(where, f"sample {i} alone gave {len(alone)} outputs, the batch {len(batch)}",
+        (alone,) = _per_sample(twin, x[i:i + 1])
+        if [a.shape for a in alone] != [b.shape for b in batch[i]]:
+            raise fail(where, f"sample {i} alone gave outputs shaped {[tuple(a.shape) for a in alone]}, inside "
+                              f"the batch {[tuple(b.shape) for b in batch[i]]}",
                        "the output structure depends on the batch size")
-        for k, (a, b) in enumerate(zip(alone, batch)):
-            check_close(a, b[i:i + 1], where=f"{where}, eval mode, sample {i} alone vs in a batch of {x.shape[0]}",
-                        quantity=f"output {k}" if len(batch) > 1 else "output", tol=tol, axes=("sample", "channel"),
+        for k, (a, b) in enumerate(zip(alone, batch[i])):
+            check_close(a, b, where=f"{where}, eval mode, sample {i} alone vs in a batch of {x.shape[0]}",
+                        quantity=f"output {k}" if len(alone) > 1 else "output", tol=tol, axes=("sample", "channel"),
                         cause="eval mode still uses batch statistics somewhere (a layer left in train mode, a "
                               "functional batch_norm with training=True, or track_running_stats=False)")
