@@ -12,18 +12,20 @@ from .plan import Plan, Settings
 
 
 def _settings(args) -> Settings:
+    if args.batch_size < 2:
+        raise BNCheckUsageError("--batch-size must be at least 2 (train-mode BN needs n > 1)")
     return Settings(
-        input_shape=spec_mod.parse_shape(args.input_shape) if args.input_shape else None,
+        input_shape=spec_mod.parse_shape(args.input_shape, option="--input-shape") if args.input_shape else None,
         batch_size=args.batch_size,
-        device=spec_mod.parse_device(args.device),
-        dtype=spec_mod.parse_dtype(args.dtype),
+        device=spec_mod.parse_device(args.device, option="--device"),
+        dtype=spec_mod.parse_dtype(args.dtype, option="--dtype"),
         seed=args.seed,
         strict=args.strict,
     )
 
 
 def check(args) -> int:
-    plan = Plan(spec_mod.load(args.spec), _settings(args))
+    plan = Plan(spec_mod.load(args.spec, option=None), _settings(args), shape_option="--input-shape ")
     print(plan.header())
     failed = 0
     for case in plan.cases():
@@ -38,8 +40,9 @@ def check(args) -> int:
                 status, detail, failed = "FAIL", str(exc), failed + 1
             except Exception as exc:  # a crash inside a check is a failure of the layer, reported in one line
                 status, detail, failed = "FAIL", one_line(exc), failed + 1
-        if status == "PASS" and caught:
-            status, detail = "WARN", " | ".join(str(w.message) for w in caught)
+        lint_findings = [w for w in caught if issubclass(w.category, BNCheckWarning)]
+        if status == "PASS" and lint_findings:
+            status, detail = "WARN", " | ".join(str(w.message) for w in lint_findings)
         print(f"{status:4}  {case.name}" + (f"\n      {detail}" if detail else ""))
     print(f"{failed} failed" if failed else "all checks passed")
     return 1 if failed else 0

@@ -24,7 +24,7 @@ dtype and keeps float32 γ/β/statistics (exactly what it sees inside an autocas
 channels_last applies to 4-D (channels_last) and 5-D (channels_last_3d) inputs.
 
 Left as found: the user's model (only clones run), `torch.backends.cudnn.benchmark` (set for the run, restored
-in a finally), the CPU/CUDA RNG (`torch.random.fork_rng`), torch's thread count, and device memory (every
+in a finally), the CPU/CUDA RNG (`bncheck.state.private_rng`), torch's thread count, and device memory (every
 tensor a case allocates is released when its measurement ends; only the caching allocator keeps its cache).
 
 Without pytest: `python -m bncheck.bench SPEC --input-shape 3,224,224` (or `python -m bncheck bench ...`).
@@ -44,16 +44,15 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.parameter import is_lazy
 from torch.utils._pytree import tree_leaves
 
 from .discover import find_batchnorms, is_frozen
 from .errors import BNCheckSkip, BNCheckUsageError, one_line
-from .state import clone
+from .state import clone, materialized, private_rng
+from .tolerances import LOW_PRECISION
 
 MODES = ("forward_train", "forward_eval", "backward")
 MEMORY_FORMATS = ("contiguous", "channels_last")
-LOW_PRECISION = (torch.float16, torch.bfloat16)
 MODEL = "model"  # the target name of whole-model cases
 
 # Quick mode (CI): short measurements and a smaller (still larger than any CPU cache here) roofline copy.
@@ -105,7 +104,9 @@ def _clock(synchronize: Callable[[], None]) -> Callable[[], float]:
     return clock
 
 
-def _timer(fn: Callable[[], object], synchronize: Callable[[], None], label: str = "") -> torch.utils.benchmark.Timer:
+def timer(fn: Callable[[], object], synchronize: Callable[[], None], label: str = "") -> torch.utils.benchmark.Timer:
+    """A torch.utils.benchmark.Timer of `fn()` whose clock calls `synchronize` (the case's device) first, on the
+    caller's thread count; `.blocked_autorange()` then times blocks of calls as the module docstring says."""
     from torch.utils.benchmark import Timer
 
     return Timer("fn()", globals={"fn": fn}, timer=_clock(synchronize), num_threads=torch.get_num_threads(),
@@ -129,7 +130,7 @@ def copy_bandwidth(device: torch.device | str = "cpu", dtype: torch.dtype = torc
     dst.copy_(src)  # first touch (page faults) outside the measurement
     sync = synchronizer(device)
     sync()
-    m = _timer(lambda: dst.copy_(src), sync, "copy").blocked_autorange(min_run_time=min_run_time)
+    m = timer(lambda: dst.copy_(src), sync, "copy").blocked_autorange(min_run_time=min_run_time)
     return 2 * n * itemsize / m.median
 
 
@@ -265,11 +266,8 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 def _private_copy(module: nn.Module, example, device, dtype, fmt) -> nn.Module:
     """`module` cloned onto `device`, Lazy parameters materialized, cast to `dtype` (float16/bfloat16: kept
     float32, as under autocast) and to `fmt`."""
-    work = clone(module).to(device)
-    if any(is_lazy(t) for t in [*work.parameters(), *work.buffers()]):
-        # A Lazy layer takes its shapes from its first call; in eval mode no statistic moves.
-        with torch.no_grad():
-            work.eval()(*(_prepare(t, device, None, torch.contiguous_format) for t in _inputs_tuple(example)))
+    work = materialized(clone(module).to(device),
+                        tuple(_prepare(t, device, None, torch.contiguous_format) for t in _inputs_tuple(example)))
     if dtype not in LOW_PRECISION:
         work.to(dtype)
     if fmt is not torch.contiguous_format:
@@ -419,9 +417,8 @@ def environment(case: BenchCase):
     """The settings a measurement runs under, restored afterwards whatever happens: cudnn.benchmark (the case's
     value, or left as is when None) and the RNG state of the CPU and the case's CUDA device."""
     saved = torch.backends.cudnn.benchmark
-    devices = [case.device] if case.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices, device_type=case.device.type if devices else "cuda"):
+        with private_rng(device=case.device):
             if case.cudnn_benchmark is not None:
                 torch.backends.cudnn.benchmark = case.cudnn_benchmark
             yield
@@ -492,7 +489,9 @@ class Result:
         return f"<Result {self.name}: {_fmt_time(self.time_s)}, {self.samples_per_s:.1f} samples/s{extra}>"
 
 
-def _copy_figure(case: BenchCase) -> float | None:
+def copy_figure(case: BenchCase) -> float | None:
+    """The copy bandwidth (bytes/s) a BN case is set against, measured once per roofline; None for a case
+    without a roofline (a model, or a case with no byte count)."""
     if case.min_bytes is None or case.roofline is None:
         return None
     return case.roofline.bytes_per_s
@@ -502,9 +501,9 @@ def measure(case: BenchCase, *, min_run_time: float | None = None) -> Result:
     """Time `case` with torch.utils.benchmark's `blocked_autorange` (see the module docstring) and turn the
     median into figures. A case that cannot run returns a skipped Result."""
     try:
-        copy = _copy_figure(case)  # measured (once per roofline) before the case allocates anything
+        copy = copy_figure(case)  # measured (once per roofline) before the case allocates anything
         with prepared(case) as fn:
-            m = _timer(fn, case.synchronize, case.name).blocked_autorange(
+            m = timer(fn, case.synchronize, case.name).blocked_autorange(
                 min_run_time=case.min_run_time if min_run_time is None else min_run_time)
             del fn  # the case's tensors die with the `with` block, not with this frame
     except BNCheckSkip as exc:

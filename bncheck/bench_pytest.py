@@ -20,7 +20,7 @@ import math
 
 import pytest
 
-from .bench import BenchCase, Result, _copy_figure, _timer, prepared
+from .bench import BenchCase, Result, copy_figure, prepared, timer
 from .errors import BNCheckSkip
 
 MIN_ROUNDS = 5
@@ -54,9 +54,9 @@ def pytest_benchmark_run(benchmark, case: BenchCase, *, min_run_time: float | No
                 benchmark.pedantic(fn, rounds=1, iterations=1)
                 del fn
             return None
-        copy = _copy_figure(case)
+        copy = copy_figure(case)
         with prepared(case) as fn:
-            calibration = _timer(fn, case.synchronize, case.name).blocked_autorange(min_run_time=min_run_time)
+            calibration = timer(fn, case.synchronize, case.name).blocked_autorange(min_run_time=min_run_time)
             n = calibration.number_per_run
             rounds = max(MIN_ROUNDS, math.ceil(min_run_time / (calibration.median * n)))
             step = _SyncEveryNth(fn, n, case.synchronize)

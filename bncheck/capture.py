@@ -23,6 +23,11 @@ class Capture:
     output: object
 
 
+def forward(model: nn.Module, example_input):
+    """model(example_input), a tuple example being the positional arguments."""
+    return model(*example_input) if isinstance(example_input, tuple) else model(example_input)
+
+
 def capture(model: nn.Module, example_input, *, train: bool | None = None) -> Capture:
     """Run a copy of `model` (in its own modes, or all train/eval) on `example_input` under no_grad.
 
@@ -65,7 +70,7 @@ def capture(model: nn.Module, example_input, *, train: bool | None = None) -> Ca
                 if isinstance(m, (_ConvNd, nn.Linear))]
     try:
         with torch.no_grad():
-            output = twin(*example_input) if isinstance(example_input, tuple) else twin(example_input)
+            output = forward(twin, example_input)
     except Exception as exc:  # the user's model rejected the input: say so in one line
         raise BNCheckUsageError(f"the model rejected the example input: {one_line(exc)}") from exc
     finally:

@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parameter import is_lazy
 
 from .ablate import ablate
 from .data import Data, model_device
 from .errors import BNCheckError, BNCheckUsageError, one_line
 from .progress import progress_bar
-from .state import clone
+from .state import clone, materialized, private_rng
 
 OPTIMIZERS: dict[str, Callable] = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
@@ -110,23 +109,16 @@ class Curve:
 
 
 def initialized(model: nn.Module, seed: int) -> nn.Module:
-    """A copy of `model` with fresh weights: every module's reset_parameters() under torch.manual_seed(seed),
-    in module order (BN layers also reset their running statistics). The global RNG is left as it was."""
+    """A copy of `model` with fresh weights: every module's reset_parameters() with the CPU generator (and that of
+    the model's CUDA device, if on one) seeded with `seed`, in module order (BN layers also reset their running
+    statistics). The caller's RNGs are left as they were (bncheck.state.private_rng)."""
     copy = clone(model)
-    with _own_rng():
-        torch.manual_seed(seed)
+    with private_rng(seed, model_device(copy)):
         for m in copy.modules():
             reset = getattr(m, "reset_parameters", None)
             if callable(reset):
                 reset()
     return copy
-
-
-def _own_rng():
-    """A block whose seeding leaves the caller's RNGs as they were: the CPU's and every initialized GPU's
-    (torch.manual_seed seeds them all)."""
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else [])
 
 
 def _share_weights(source: nn.Module, target: nn.Module) -> None:
@@ -176,7 +168,8 @@ def fit(model: nn.Module, data: Data, training: Training | None = None, *, seed:
     """Train a copy of `model` on `data` (moved to `device` once); return the trained copy and its Curve.
 
     The copy starts from `model`'s own weights; batches follow batch_order(seed); dropout masks follow
-    torch.manual_seed(seed) (the global RNG is restored afterwards). Keyword overrides set Training fields.
+    the CPU generator (and `device`'s, on a GPU) seeded with `seed`; the caller's RNGs are left as they were
+    (bncheck.state.private_rng). Keyword overrides set Training fields.
     loss_fn(logits, targets, reduction=...) scores both training and evaluation."""
     training = _training(training, overrides)
     _require_data(data)
@@ -191,11 +184,8 @@ def fit(model: nn.Module, data: Data, training: Training | None = None, *, seed:
     correct = torch.zeros((), device=device, dtype=torch.long)
     since, elapsed = 0, 0.0
     try:
-        with _own_rng():
-            torch.manual_seed(seed)
-            if any(is_lazy(p) for p in net.parameters()):  # materialize them (seeded) before the optimizer sees them
-                with torch.no_grad():
-                    net.eval()(data.x_train[:2])
+        with private_rng(seed, device):
+            materialized(net, data.x_train[:2])  # Lazy parameters (seeded) before the optimizer sees them
             net.train()
             optimizer = training.make_optimizer([p for p in net.parameters() if p.requires_grad])
             started = time.perf_counter()

@@ -5,15 +5,36 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
-from torch.nn.parameter import is_lazy
 
 from .discover import is_frozen, kind_of
 from .errors import BNCheckSkip, BNCheckUsageError
 from .probes import Probe, probes
-from .state import clone
+from .state import clone, materialized
 
 DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.1
+
+
+def nontrivial_state(channels: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """γ, β, running_mean and running_var of `channels` channels, drawn from `seed`, none of them trivial: γ=1,
+    β=0, mean 0, var 1 would hide whole classes of bugs. γ in [0.5, 2), var in [0.5, 2.5)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "weight": 0.5 + 1.5 * torch.rand(channels, generator=gen),
+        "bias": torch.randn(channels, generator=gen),
+        "running_mean": torch.randn(channels, generator=gen),
+        "running_var": 0.5 + 2.0 * torch.rand(channels, generator=gen),
+    }
+
+
+def set_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy each of `state`'s tensors into the module's attribute of that name, where it has one of that shape
+    (a layer without γ/β or running statistics keeps going without them)."""
+    with torch.no_grad():
+        for key, value in state.items():
+            target = getattr(module, key, None)
+            if isinstance(target, torch.Tensor) and target.shape == value.shape:
+                target.copy_(value)
 
 
 @dataclass
@@ -32,15 +53,8 @@ class LayerCase:
         self.kind = kind_of(self.layer)
         self.frozen = is_frozen(self.layer)
         self.channels = x.shape[1]
-        gen = torch.Generator().manual_seed(self.seed)
         c = self.channels
-        # Non-trivial state: γ=1, β=0, mean 0, var 1 would hide whole classes of bugs.
-        self.state = {
-            "weight": 0.5 + 1.5 * torch.rand(c, generator=gen),
-            "bias": torch.randn(c, generator=gen),
-            "running_mean": torch.randn(c, generator=gen),
-            "running_var": 0.5 + 2.0 * torch.rand(c, generator=gen),
-        }
+        self.state = nontrivial_state(c, self.seed)
         probe = self.fresh()
         for key in self.state:
             t = getattr(probe, key, None)
@@ -78,16 +92,9 @@ class LayerCase:
         twin = clone(self.layer).to(self.x.device)
         for child in list(twin._modules):
             twin._modules[child] = nn.Identity()
-        if any(is_lazy(t) for t in [*twin.parameters(), *twin.buffers()]):
-            training = twin.training
-            with torch.no_grad():
-                twin.eval()(self.x.detach()[:2].float())
-            twin.train(training)
+        materialized(twin, self.x.detach()[:2].float())
+        set_state(twin, self.state)
         with torch.no_grad():
-            for key, value in self.state.items():
-                t = getattr(twin, key, None)
-                if isinstance(t, torch.Tensor) and t.shape == value.shape:
-                    t.copy_(value)
             nbt = getattr(twin, "num_batches_tracked", None)
             if isinstance(nbt, torch.Tensor):
                 nbt.fill_(3)

@@ -8,7 +8,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .capture import capture
+from .capture import capture, forward
 from .checks.eval import assert_eval_single_sample
 from .compare import check_close, fail, matches
 from .discover import find_batchnorms, is_frozen
@@ -18,10 +18,12 @@ from .threads import single_threaded
 from .tolerances import FUSION, tolerance
 
 
-def _run(model: nn.Module, x, *, train: bool, grad: bool = False) -> list[torch.Tensor]:
-    model.train(train)
+def _run(model: nn.Module, x, *, train: bool | None, grad: bool = False) -> list[torch.Tensor]:
+    """The floating-point outputs of `model` on x (None: in the modes its modules are in)."""
+    if train is not None:
+        model.train(train)
     with torch.set_grad_enabled(grad):
-        out = model(x)
+        out = forward(model, x)
     return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
@@ -51,8 +53,11 @@ def assert_train_differs_from_eval(model: nn.Module, x, *, name: str = "") -> No
     bns = _trainable_bns(model)
     if not bns or all(getattr(m, "running_mean", None) is None for m in bns.values()):
         raise BNCheckSkip(f"{_title(model, name)}: no BN layer that trains with running statistics")
-    twin = clone(model)
-    train_out = _run(twin, x, train=True)
+    # Only the BN layers train: dropout or other mode-dependent layers must not make the outputs differ for them.
+    twin = clone(model).eval()
+    for bn_name in bns:
+        twin.get_submodule(bn_name).train()
+    train_out = _run(twin, x, train=None)
     eval_out = _run(clone(model), x, train=False)
     if all(matches(a, b, tolerance(torch.float64)) for a, b in zip(train_out, eval_out)):
         raise fail(f"{_title(model, name)}", "train-mode and eval-mode outputs are identical",
@@ -117,7 +122,7 @@ def assert_bn_ops_follow_mode(model: nn.Module, x, *, name: str = "") -> None:
     watch = _BNModeWatch(stack)
     try:
         with watch, torch.no_grad():
-            twin(x)
+            forward(twin, x)
     finally:
         for h in handles:
             h.remove()

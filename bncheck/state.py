@@ -1,5 +1,7 @@
-"""The one place that copies models and proves they are left as they were."""
+"""The one place that copies models (and materializes their Lazy parameters), proves they are left as they were,
+and keeps a check's seeding off the caller's random number generators."""
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -18,6 +20,38 @@ def clone(module: nn.Module) -> nn.Module:
         if is_lazy(b):
             memo[id(b)] = UninitializedBuffer(requires_grad=False, device=b.device, dtype=b.dtype)
     return copy.deepcopy(module, memo)
+
+
+def materialized(module: nn.Module, example_input) -> nn.Module:
+    """`module` (a copy: this runs it) with its Lazy parameters and buffers materialized by one eval-mode forward
+    under no_grad on `example_input` (a tensor, or a tuple of positional inputs), its train/eval flags left as they
+    were; untouched when nothing is lazy. Returns `module`."""
+    if any(is_lazy(t) for t in [*module.parameters(), *module.buffers()]):
+        training = {m: m.training for m in module.modules()}
+        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+        with torch.no_grad():  # in eval mode no running statistic moves
+            module.eval()(*inputs)
+        for m, flag in training.items():
+            m.training = flag
+    return module
+
+
+@contextlib.contextmanager
+def private_rng(seed: int | None = None, device: torch.device | str | None = None):
+    """A block whose random numbers leave the caller's generators as they were: the CPU's, and `device`'s when
+    it is a CUDA device (no other GPU's, none when `device` is the CPU), are saved and restored. With `seed`,
+    those generators are seeded with it inside the block (what torch.manual_seed does to them), and nothing
+    else: torch.manual_seed would also seed every GPU, or queue that seeding for the caller's first CUDA call
+    when CUDA is not initialized yet."""
+    device = torch.device("cpu" if device is None else device)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        if seed is not None:
+            torch.random.default_generator.manual_seed(seed)
+            if cuda:  # fork_rng has initialized CUDA by reading the device's state
+                index = device.index if device.index is not None else torch.cuda.current_device()
+                torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
 def _fingerprint(t: torch.Tensor):

@@ -27,14 +27,14 @@ relative to the per-channel scale per dtype, so that a correct BN meets bncheck'
 (bncheck.tolerances) in every dtype: a float32 channel at offset 10⁴·std loses four digits to cancellation.
 """
 
-import functools
 import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
+
+from .tolerances import runs_batch_norm
 
 __all__ = ["BNCase", "BNConfig", "bn_case", "bn_configs", "bn_inputs", "bn_module_class", "supported_dtypes"]
 
@@ -58,22 +58,11 @@ def bn_module_class(rank: int) -> type[nn.Module]:
     return _MODULES[rank]
 
 
-@functools.cache
-def _runs_batch_norm(device: str, dtype: torch.dtype) -> bool:
-    try:
-        x = torch.tensor([[0.0, 1.0], [2.0, 4.0]], device=device).to(dtype).requires_grad_(True)
-        w = torch.ones(2, device=device, requires_grad=True)
-        F.batch_norm(x, torch.zeros(2, device=device), torch.ones(2, device=device), w, None, True).sum().backward()
-        return True
-    except (RuntimeError, TypeError, NotImplementedError):
-        return False
-
-
 def supported_dtypes(device="cpu") -> tuple[torch.dtype, ...]:
     """float32 and float64, plus float16/bfloat16 where torch's batch_norm (forward and backward) runs on `device`."""
     device = str(torch.device(device))
     return (torch.float32, torch.float64) + tuple(
-        d for d in (torch.float16, torch.bfloat16) if _runs_batch_norm(device, d))
+        d for d in (torch.float16, torch.bfloat16) if runs_batch_norm(device, d))
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ from . import oracle
 from .compare import check_close
 from .discover import is_batchnorm
 from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, one_line
+from .harness import nontrivial_state, set_state
+from .state import clone
 from .tolerances import Tolerance, tolerance
 
 __all__ = ["assert_syncbn_matches", "check_model_layer", "is_synchronized", "layer_factory", "syncbn_targets"]
@@ -73,15 +75,16 @@ def syncbn_targets(model: nn.Module, convert: bool = False) -> list[str]:
 def _load_layer(spec: str, name: str, convert: bool = False) -> nn.Module:
     from .spec import load
 
-    model = load(spec).model
-    if convert:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model.get_submodule(name) if name else model
+    # A spec may name the user's own module instance: convert_sync_batchnorm (which swaps layers in place and
+    # shares γ, β and the running statistics with the new ones) and the check's state go to a copy only.
+    layer = clone(load(spec).model.get_submodule(name))
+    return nn.SyncBatchNorm.convert_sync_batchnorm(layer) if convert else layer
 
 
 def layer_factory(spec: str, name: str = "", convert: bool = False):
-    """A picklable factory of the layer `name` (qualified, '' for the whole model) of the model `spec`
-    ('module.path:attr'), converted to nn.SyncBatchNorm when `convert`: each worker loads the model anew."""
+    """A picklable factory of (a copy of) the layer `name` (qualified, '' for the whole model) of the model `spec`
+    ('module.path:attr'), converted to nn.SyncBatchNorm when `convert`: each worker loads the model anew, and the
+    model `spec` names is never changed."""
     return functools.partial(_load_layer, spec, name, convert)
 
 
@@ -120,6 +123,7 @@ class _Setup:
 
     label: str
     world_size: int
+    dtype: torch.dtype  # of the data (float64: the workers run the layer in float64)
     batch_sizes: list[int]
     eps: float
     momentum: float | None
@@ -139,20 +143,6 @@ def _channels(module: nn.Module) -> int | None:
         if isinstance(value, torch.Tensor) and value.dim() == 1:
             return value.shape[0]
     return None
-
-
-def _nontrivial_state(module: nn.Module, channels: int, seed: int) -> dict:
-    """γ, β and running statistics set to non-trivial values (γ=1, β=0, mean 0, var 1 hide bugs)."""
-    gen = torch.Generator().manual_seed(seed)
-    values = {"weight": 0.5 + 1.5 * torch.rand(channels, generator=gen), "bias": torch.randn(channels, generator=gen),
-              "running_mean": torch.randn(channels, generator=gen),
-              "running_var": 0.5 + 2.0 * torch.rand(channels, generator=gen)}
-    with torch.no_grad():
-        for key, value in values.items():
-            target = getattr(module, key, None)
-            if isinstance(target, torch.Tensor) and target.shape == (channels,):
-                target.copy_(value)
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
 def _rank_data(shape, rank: int, gen: torch.Generator, dtype) -> torch.Tensor:
@@ -187,7 +177,7 @@ def _exit_with_parent(deadline: float) -> None:
     os._exit(70)
 
 
-def _run_rank(rank: int, world_size: int, device: torch.device, factory, data: dict) -> dict:
+def _run_rank(device: torch.device, factory, data: dict) -> dict:
     module = factory()
     module.load_state_dict(data["state"])
     module.to(device)
@@ -242,7 +232,7 @@ def _worker(rank: int, world_size: int, port: int, backend: str, factory: bytes,
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout))
         initialized = True
-        report = (rank, "ok", _serialize(_run_rank(rank, world_size, device, factory, data)))
+        report = (rank, "ok", _serialize(_run_rank(device, factory, data)))
     except BaseException as exc:  # noqa: BLE001 -- everything goes to the parent, traceback included
         status = "gpu-only" if GPU_ONLY_MESSAGE in str(exc) else "error"
         report = (rank, status, one_line(exc), traceback.format_exc())
@@ -333,7 +323,7 @@ def _launch(setup: _Setup, factory, backend: str, timeout: float, start_method: 
     try:
         for rank in range(setup.world_size):
             payload = _serialize({
-                "state": setup.state, "double": setup.steps[0][0][0].dtype == torch.float64,
+                "state": setup.state, "double": setup.dtype == torch.float64,
                 "steps": [(xs[rank], dys[rank]) for xs, dys in setup.steps],
                 "eval_x": setup.eval_x[rank] if setup.tracks else None,
             })
@@ -404,10 +394,10 @@ def _alternatives(xs, setup: _Setup, rank: int, unequal: bool):
     return out
 
 
-def _compare(setup: _Setup, got: dict, dtype: torch.dtype) -> None:
+def _compare(setup: _Setup, got: dict) -> None:
     sizes, ws = setup.batch_sizes, setup.world_size
     starts = _offsets(sizes)
-    tol = tolerance(dtype)
+    tol = tolerance(setup.dtype)
     unequal = len(set(sizes)) > 1
     state = None
     if setup.tracks:
@@ -466,7 +456,9 @@ def assert_syncbn_matches(module_factory, world_size: int = 2, *, batch_sizes=No
     """A synchronized BN over `world_size` real processes equals one BN on the concatenated global batch.
 
     module_factory: a picklable zero-argument callable returning the synchronized BN layer (a module-level
-        function or class, or functools.partial of one); it is called once here and once in every worker.
+        function or class, or functools.partial of one); it is called once here and once in every worker. The
+        module it returns here is only inspected (its state is set on a copy), so a factory may return a shared
+        module.
     batch_sizes: per-rank batch sizes (default: unequal, 2, 3, 4, ...); each rank's data has its own per-channel
         mean and scale, so that averaging per-rank statistics shows.
     sample_shape: one sample's shape (C, *spatial), default (C, 3, 4), (C, 5) for BatchNorm1d, (C, 2, 3, 2) for
@@ -482,10 +474,15 @@ def assert_syncbn_matches(module_factory, world_size: int = 2, *, batch_sizes=No
     running_var and num_batches_tracked must match the float64 oracle on the whole batch within bncheck's
     tolerance for `dtype`; then the eval output. Raises BNCheckError naming the rank, the step, the quantity and
     the worst element; BNCheckSkip when torch's nn.SyncBatchNorm cannot run here (no GPU: it rejects CPU input);
-    BNCheckUsageError for a factory that cannot be pickled.
+    BNCheckUsageError (one line) for a factory that cannot be pickled, a world_size or steps below 1, a timeout
+    that is not positive, or batch_sizes that leave a rank without samples.
     """
     if world_size < 1:
         raise BNCheckUsageError(f"world_size must be at least 1, got {world_size}")
+    if steps < 1:
+        raise BNCheckUsageError(f"steps must be at least 1 (train steps per check), got {steps}")
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        raise BNCheckUsageError(f"timeout must be a positive number of seconds, got {timeout}")
     try:
         pickle.dumps(module_factory)
     except Exception as exc:
@@ -495,6 +492,7 @@ def assert_syncbn_matches(module_factory, world_size: int = 2, *, batch_sizes=No
     probe = module_factory()
     if not isinstance(probe, nn.Module):
         raise BNCheckUsageError(f"module_factory returned {type(probe).__name__}, expected an nn.Module")
+    probe = clone(probe)  # the factory may return a shared module: the state below is set on a copy
     label = name or type(probe).__name__
     torch_sync = _uses_torch_syncbn(probe)
     if device is None:
@@ -519,7 +517,8 @@ def assert_syncbn_matches(module_factory, world_size: int = 2, *, batch_sizes=No
     if len(batch_sizes) != world_size or min(batch_sizes) < 1:
         raise BNCheckUsageError(f"batch_sizes must give a positive batch size for each of the {world_size} ranks, "
                                 f"got {batch_sizes}")
-    state = _nontrivial_state(probe, sample_shape[0], seed)
+    set_state(probe, nontrivial_state(sample_shape[0], seed))
+    state = {k: v.detach().cpu().clone() for k, v in probe.state_dict().items()}
     weight = state.get("weight") if isinstance(getattr(probe, "weight", None), nn.Parameter) else None
     bias = state.get("bias") if isinstance(getattr(probe, "bias", None), nn.Parameter) else None
     gen = torch.Generator().manual_seed(seed)
@@ -527,9 +526,10 @@ def assert_syncbn_matches(module_factory, world_size: int = 2, *, batch_sizes=No
     for _ in range(steps):
         xs = [_rank_data((b, *sample_shape), r, gen, dtype) for r, b in enumerate(batch_sizes)]
         steps_data.append((xs, [torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype) for x in xs]))
-    setup = _Setup(label=label, world_size=world_size, batch_sizes=batch_sizes, eps=float(getattr(probe, "eps", 1e-5)),
-                   momentum=getattr(probe, "momentum", 0.1), state=state, weight=weight, bias=bias,
+    setup = _Setup(label=label, world_size=world_size, dtype=dtype, batch_sizes=batch_sizes,
+                   eps=float(getattr(probe, "eps", 1e-5)), momentum=getattr(probe, "momentum", 0.1), state=state,
+                   weight=weight, bias=bias,
                    tracks=isinstance(getattr(probe, "running_mean", None), torch.Tensor), steps=steps_data,
                    eval_x=[_rank_data((b, *sample_shape), r, gen, dtype) for r, b in enumerate(batch_sizes)])
     got = _launch(setup, module_factory, "nccl" if device == "cuda" else "gloo", timeout, start_method)
-    _compare(setup, got, dtype)
+    _compare(setup, got)

@@ -1,8 +1,10 @@
 """The one table of numeric tolerances: got ≈ expected when |got − expected| ≤ atol + rtol·|expected|."""
 
+import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,19 @@ TOLERANCES = {
 
 # Low-precision dtypes the dtype check exercises.
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@functools.cache
+def runs_batch_norm(device: str, dtype: torch.dtype) -> bool:
+    """Whether torch runs a train-mode batch_norm forward and backward in `dtype` on `device` (constant input:
+    no random number is drawn)."""
+    try:
+        x = torch.tensor([[0.0, 1.0], [2.0, 4.0]], device=device).to(dtype).requires_grad_(True)
+        w = torch.ones(2, device=device, requires_grad=True)
+        F.batch_norm(x, torch.zeros(2, device=device), torch.ones(2, device=device), w, None, True).sum().backward()
+        return True
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
 
 
 def tolerance(dtype: torch.dtype) -> Tolerance:

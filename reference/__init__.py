@@ -4,6 +4,6 @@
   after the activation, bias on or off, dropout on or off).
 - runs.py: a small run manager: every combination of data × network × setting × seed (like the tutorial's
   RunBuilder), trained epoch by epoch, written as one CSV table.
-- stability.py: the convergence assertion's verdict over 10 disjoint seed sets.
+- assertions.py: the convergence assertions' verdicts over 10 disjoint seed sets, and the learning-rate sweep.
 - plot.py: the curves as one PNG (matplotlib, Agg).
 """

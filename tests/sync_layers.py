@@ -166,3 +166,18 @@ class PidFileHangingSyncBatchNorm(HangingSyncBatchNorm):
             f.write(f"{os.getpid()} {os.getppid()}")
         os.replace(path + ".tmp", path)
         return super().forward(x)
+
+
+# ---- the user's own objects: a check must leave them exactly as they are -----------------------------------------
+
+SHARED_SYNC_BN = SumSyncBatchNorm(4)  # one module every call of the factory below returns
+
+
+def shared_sync_bn() -> SumSyncBatchNorm:
+    """A factory that returns the same (the user's) module every time, rather than a fresh one."""
+    return SHARED_SYNC_BN
+
+
+# Model instances a spec names ('sync_layers:PLAIN_MODEL'), as the plugin's --bncheck-model does.
+PLAIN_MODEL = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+SYNC_MODEL = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), SumSyncBatchNorm(4), nn.ReLU())

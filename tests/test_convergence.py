@@ -309,6 +309,35 @@ def test_train_is_deterministic_and_leaves_the_global_rng_alone(flat):
     assert all(0 <= v <= 1 for v in a.test_accuracy + a.train_accuracy)
 
 
+def test_training_on_the_cpu_seeds_no_gpu_generator(flat, monkeypatch):
+    """torch.manual_seed would also seed every GPU, or, CUDA not initialized yet, queue that seeding for the
+    caller's first CUDA call: training and re-initializing on the CPU seed the CPU generator only."""
+    seeded = []
+    for name in ("manual_seed", "manual_seed_all", "seed", "seed_all"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, name=name: seeded.append(name))
+    model, lazy = mlp(dropout=0.2), nn.Sequential(nn.LazyLinear(8), nn.BatchNorm1d(8))
+    queued = list(torch.cuda._lazy_seed_tracker.get_calls()), list(torch.cuda._queued_calls)
+    state = torch.random.get_rng_state()
+    net, _ = fit(model, flat, steps=10, eval_every=10, seed=3)
+    fresh = initialized(model, seed=1)
+    initialized(lazy, seed=1)
+    assert seeded == []
+    assert (list(torch.cuda._lazy_seed_tracker.get_calls()), list(torch.cuda._queued_calls)) == queued
+    assert torch.equal(torch.random.get_rng_state(), state)
+    # the seed still decides: the same seed draws the same dropout masks and the same fresh weights
+    again, _ = fit(model, flat, steps=10, eval_every=10, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    assert torch.equal(fresh[0].weight, initialized(model, seed=1)[0].weight)
+
+
+def test_lazy_parameters_are_materialized_from_the_seed(flat):
+    lazy = nn.Sequential(nn.LazyLinear(32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    a, _ = fit(lazy, flat, steps=10, eval_every=10, seed=5)
+    b, _ = fit(lazy, flat, steps=10, eval_every=10, seed=5)
+    assert isinstance(lazy[0].weight, nn.parameter.UninitializedParameter)  # the user's model stays lazy
+    assert a[0].weight.shape == (32, 64) and torch.equal(a[0].weight, b[0].weight)
+
+
 def test_fit_returns_the_trained_copy_and_stops_at_the_target(flat):
     model = mlp()
     before = Snapshot.of(model)

@@ -135,3 +135,35 @@ def test_eval_single_sample_compares_per_image_outputs_per_image():
     MODEL_CHECKS["eval_single_sample"](PerImage(nn.BatchNorm2d(4)), X, name="per-image")
     with pytest.raises(BNCheckError, match=r"per-image, eval mode, sample 0 alone vs in a batch of 6"):
         MODEL_CHECKS["eval_single_sample"](PerImage(EvalIgnoredBN(4)), X, name="per-image")
+
+
+class TwoInputs(nn.Module):
+    """forward(a, b): the example input is the tuple of arguments."""
+
+    def __init__(self, bn: nn.Module):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, bias=False), bn
+
+    def forward(self, a, b):
+        return self.bn(self.conv(a + b))
+
+
+@pytest.mark.parametrize("check", sorted(MODEL_CHECKS))
+def test_every_model_check_takes_a_tuple_of_arguments(check):
+    model, args = TwoInputs(nn.BatchNorm2d(4)), (X, X.flip(0))
+    try:
+        MODEL_CHECKS[check](model, args, name="two-inputs")
+    except BNCheckSkip:
+        pass
+
+
+def test_eval_single_sample_slices_every_argument():
+    with pytest.raises(BNCheckError, match="two-inputs, eval mode, sample 0 alone vs in a batch of 6"):
+        MODEL_CHECKS["eval_single_sample"](TwoInputs(EvalIgnoredBN(4)), (X, X.flip(0)), name="two-inputs")
+
+
+def test_train_vs_eval_is_not_fooled_by_dropout_after_a_bn_that_ignores_its_mode():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), TrainIgnoredBN(4), nn.Dropout(0.5), nn.Flatten())
+    with pytest.raises(BNCheckError, match="train-mode and eval-mode outputs are identical"):
+        MODEL_CHECKS["train_vs_eval"](model, X, name="dropout-net")
+    MODEL_CHECKS["train_vs_eval"](nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5)), X)

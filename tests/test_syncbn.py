@@ -6,6 +6,7 @@ skips in one line on the CPU (runs with nccl on GPUs), and no worker outlives a 
 The layers live in tests/sync_layers.py (module level: worker processes unpickle factories of them).
 """
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sync_layers
 import torch
 from sync_layers import (
     AveragedVarianceSyncBatchNorm,
@@ -31,6 +33,7 @@ from torch import nn
 
 from bncheck import syncbn
 from bncheck.errors import BNCheckError, BNCheckSkip, BNCheckUsageError
+from bncheck.state import Snapshot
 from bncheck.syncbn import assert_syncbn_matches
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -152,6 +155,54 @@ def test_unpicklable_factory_is_a_usage_error(monkeypatch):
     monkeypatch.setattr(syncbn, "_launch", _launch_forbidden)
     with pytest.raises(BNCheckUsageError, match="must be picklable"):
         assert_syncbn_matches(lambda: SumSyncBatchNorm(4))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    pytest.param({"steps": 0}, "steps must be at least 1", id="no-steps"),
+    pytest.param({"world_size": 0}, "world_size must be at least 1", id="no-ranks"),
+    pytest.param({"timeout": 0}, "timeout must be a positive number", id="no-time"),
+    pytest.param({"batch_sizes": [3, 0]}, "positive batch size for each of the 2 ranks", id="empty-rank"),
+])
+def test_bad_settings_are_one_line_usage_errors(kwargs, message, monkeypatch):
+    monkeypatch.setattr(syncbn, "_launch", _launch_forbidden)
+    with pytest.raises(BNCheckUsageError, match=message) as info:
+        assert_syncbn_matches(functools.partial(SumSyncBatchNorm, 4), **kwargs)
+    assert "\n" not in str(info.value)
+
+
+# ---- the user's own objects are left as they are ----------------------------------------------------------------
+
+def _unchanged(model: nn.Module, snapshot: Snapshot, types: dict) -> None:
+    assert snapshot.differences(model) == []
+    assert {name: type(m) for name, m in model.named_modules()} == types
+
+
+def test_a_factory_returning_a_shared_module_leaves_it_as_it_was(no_orphans):
+    """The check sets non-trivial γ, β and running statistics on the module it inspects: a copy, never the
+    factory's own (possibly shared, the user's) module."""
+    shared = sync_layers.SHARED_SYNC_BN
+    before, types = Snapshot.of(shared), {n: type(m) for n, m in shared.named_modules()}
+    assert_syncbn_matches(sync_layers.shared_sync_bn, world_size=2)
+    _unchanged(shared, before, types)
+
+
+@pytest.mark.parametrize("attr, convert", [
+    pytest.param("PLAIN_MODEL", True, id="converted-to-torch-syncbn"),  # skips on the CPU, after loading
+    pytest.param("SYNC_MODEL", False, id="from-scratch-sync-layer"),  # runs on the CPU
+])
+@pytest.mark.parametrize("name", ["1", ""])
+def test_a_model_named_by_instance_is_neither_converted_nor_changed(attr, convert, name, no_orphans):
+    """A spec may name the user's model object itself ('module:MODEL'): convert_sync_batchnorm swaps its layers in
+    place, and the check would set its state. Both must happen on a copy, whether the check runs or skips."""
+    model = getattr(sync_layers, attr)
+    before, types = Snapshot.of(model), {n: type(m) for n, m in model.named_modules()}
+    factory = syncbn.layer_factory(f"sync_layers:{attr}", name, convert)
+    if name:
+        with contextlib.suppress(BNCheckSkip):
+            syncbn.check_model_layer(f"sync_layers:{attr}", name, (4, 3, 3), convert=convert)
+    layer = factory()
+    _unchanged(model, before, types)
+    assert layer is not model.get_submodule(name)
 
 
 @pytest.mark.parametrize("layer, timeout, message", [

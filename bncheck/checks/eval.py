@@ -5,6 +5,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from .. import oracle
+from ..capture import forward
 from ..compare import check_close, fail
 from ..discover import find_batchnorms
 from ..errors import BNCheckSkip, BNCheckUsageError
@@ -61,12 +62,24 @@ def _floats(tree) -> list[torch.Tensor]:
     return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
-def _per_sample(model: nn.Module, x) -> list[list[torch.Tensor]]:
-    """The model's floating-point outputs on batch x, per sample: slices of batched tensors, or the i-th element
-    of a per-sample list (a detector's list of dicts)."""
+def _batch_size(x) -> int | None:
+    """N of an input batch (a tensor, or a tuple of arguments whose first tensor is batched); None if none."""
+    first = next((t for t in (x if isinstance(x, tuple) else (x,)) if isinstance(t, torch.Tensor)), None)
+    return first.shape[0] if first is not None and first.dim() >= 2 else None
+
+
+def _sample(x, i: int, n: int):
+    """Sample i of the batch x alone (every tensor argument with batch dim n sliced to i:i+1)."""
+    if isinstance(x, tuple):
+        return tuple(_sample(t, i, n) for t in x)
+    return x[i:i + 1] if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] == n else x
+
+
+def _per_sample(model: nn.Module, x, n: int) -> list[list[torch.Tensor]]:
+    """The model's floating-point outputs on a batch of n, per sample: slices of batched tensors, or the i-th
+    element of a per-sample list (a detector's list of dicts)."""
     with torch.no_grad():
-        out = model(x)
-    n = x.shape[0]
+        out = forward(model, x)
     if isinstance(out, (list, tuple)) and len(out) == n and not any(isinstance(o, torch.Tensor) for o in out):
         return [_floats(o) for o in out]
     return [[t[i:i + 1] for t in _floats(out)] for i in range(n)]
@@ -75,7 +88,8 @@ def _per_sample(model: nn.Module, x) -> list[list[torch.Tensor]]:
 @single_threaded
 def assert_eval_single_sample(model: nn.Module, x, *, name: str = "", seed: int = 0, samples: int = 4) -> None:
     """In eval mode one sample alone gives the same output as inside the batch (a layer or a whole model)."""
-    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 2:
+    n = _batch_size(x)
+    if n is None or n < 2:
         raise BNCheckUsageError(f"{name or 'model'}: need a batch of at least 2 samples, got "
                                 f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     where = name or type(model).__name__
@@ -88,16 +102,16 @@ def assert_eval_single_sample(model: nn.Module, x, *, name: str = "", seed: int 
     else:
         twin = clone(model)
     twin.eval()
-    batch = _per_sample(twin, x)
-    tol = tolerance(x.dtype)
-    for i in range(min(samples, x.shape[0])):
-        (alone,) = _per_sample(twin, x[i:i + 1])
+    batch = _per_sample(twin, x, n)
+    for i in range(min(samples, n)):
+        (alone,) = _per_sample(twin, _sample(x, i, n), 1)
         if [a.shape for a in alone] != [b.shape for b in batch[i]]:
             raise fail(where, f"sample {i} alone gave outputs shaped {[tuple(a.shape) for a in alone]}, inside "
                               f"the batch {[tuple(b.shape) for b in batch[i]]}",
                        "the output structure depends on the batch size")
         for k, (a, b) in enumerate(zip(alone, batch[i])):
-            check_close(a, b, where=f"{where}, eval mode, sample {i} alone vs in a batch of {x.shape[0]}",
-                        quantity=f"output {k}" if len(alone) > 1 else "output", tol=tol, axes=("sample", "channel"),
+            check_close(a, b, where=f"{where}, eval mode, sample {i} alone vs in a batch of {n}",
+                        quantity=f"output {k}" if len(alone) > 1 else "output", tol=tolerance(b.dtype),
+                        axes=("sample", "channel"),
                         cause="eval mode still uses batch statistics somewhere (a layer left in train mode, a "
                               "functional batch_norm with training=True, or track_running_stats=False)")

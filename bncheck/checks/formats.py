@@ -7,16 +7,7 @@ from ..compare import check_close, fail
 from ..errors import BNCheckSkip
 from ..harness import LayerCase, params, run
 from ..threads import single_threaded
-from ..tolerances import LOW_PRECISION, tolerance
-
-
-def _torch_supports(dtype: torch.dtype, device: torch.device) -> bool:
-    x = torch.randn(4, 2, device=device).to(dtype)
-    try:
-        torch.nn.functional.batch_norm(x, torch.zeros(2, device=device), torch.ones(2, device=device), training=True)
-    except (RuntimeError, NotImplementedError):
-        return False
-    return True
+from ..tolerances import LOW_PRECISION, runs_batch_norm, tolerance
 
 
 @single_threaded
@@ -25,7 +16,7 @@ def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISIO
     while float32 running statistics and γ/β stay float32. A frozen BN, whose γ, β and statistics are plain
     buffers that type promotion would widen, is checked as users run it: cast to the input dtype."""
     case = LayerCase(layer, name, x, seed)
-    usable = [d for d in dtypes if _torch_supports(d, x.device)]
+    usable = [d for d in dtypes if runs_batch_norm(str(x.device), d)]
     if not usable:
         raise BNCheckSkip(f"{case.title}: torch runs no BN in {', '.join(map(str, dtypes))} on {x.device}")
     for dtype in usable:

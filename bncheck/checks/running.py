@@ -19,7 +19,8 @@ def _bug_variants(state: oracle.RunningStats, x, momentum, eps):
          mix(state.mean, stats.mean, 1 - m), mix(state.var, stats.unbiased_var, 1 - m)),
         ("the running variance takes the biased batch variance; it must take the unbiased one (n/(n−1))",
          mix(state.mean, stats.mean, m), mix(state.var, stats.var, m)),
-        ("momentum=None is not treated as a cumulative average (1/num_batches_tracked)",
+        ("momentum=None is not treated as a cumulative average (1/num_batches_tracked)" if momentum is None else
+         f"the layer ignores its momentum={momentum:g} and uses torch's default 0.1",
          mix(state.mean, stats.mean, 0.1), mix(state.var, stats.unbiased_var, 0.1)),
         ("the running statistics are not updated in train mode", state.mean, state.var),
         ("the running statistics are replaced by the batch statistics instead of averaged",
