@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     except BNCheckUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a model that fails outside any one check (e.g. under the benchmark): one line
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 
 from .capture import capture
-from .discover import find_batchnorms, is_batchnorm
+from .discover import find_batchnorms, is_batchnorm, sequential_pairs
 from .errors import BNCheckUsageError
 from .state import clone
 
@@ -91,13 +91,6 @@ def bn_before_activation(model: nn.Module) -> nn.Module:
     return _swap_pairs(model, _is_act, is_batchnorm, "activation→BN")
 
 
-def _sequential_pairs(model: nn.Module):
-    for prefix, seq in model.named_modules():
-        if isinstance(seq, nn.Sequential):
-            names = [f"{prefix}.{n}" if prefix else n for n in seq._modules]
-            yield from zip(names, names[1:])
-
-
 def drop_bias_before_bn(model: nn.Module, example_input=None) -> nn.Module:
     """A copy whose conv/linear layers that feed a BN directly have no bias (bias=None).
 
@@ -110,7 +103,7 @@ def drop_bias_before_bn(model: nn.Module, example_input=None) -> nn.Module:
     if example_input is not None:
         pairs = [(producer, bn) for bn, producer in capture(model, example_input).producers.items()]
     else:
-        pairs = [(a, b) for a, b in _sequential_pairs(model) if b in bns]
+        pairs = [(a, b) for a, b in sequential_pairs(model) if b in bns]
     twin = clone(model)
     dropped = 0
     for producer_name, bn_name in pairs:

@@ -47,9 +47,9 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from .discover import find_batchnorms, is_frozen
-from .errors import BNCheckSkip, BNCheckUsageError, one_line
+from .errors import BNCheckSkip, BNCheckUsageError
 from .state import clone, materialized, private_rng
-from .tolerances import LOW_PRECISION
+from .tolerances import LOW_PRECISION, dtype_name
 
 MODES = ("forward_train", "forward_eval", "backward")
 MEMORY_FORMATS = ("contiguous", "channels_last")
@@ -61,10 +61,6 @@ DEFAULT_WARMUP = {False: 10, True: 1}
 DEFAULT_COPY_BYTES = {("cpu", False): 64 << 20, ("cpu", True): 32 << 20,
                       ("gpu", False): 512 << 20, ("gpu", True): 64 << 20}
 VECTOR_BYTES = 4  # γ, β, running and saved statistics are float32 (also for float16/bfloat16 input)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def memory_format_for(name: str, ndim: int) -> torch.memory_format | None:
@@ -606,17 +602,18 @@ def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str |
         spec, model, example = type(spec_or_model).__name__, spec_or_model, getattr(spec_or_model, "example_input",
                                                                                      None)
     else:
-        loaded = spec_mod.load(spec_or_model)
+        loaded = spec_mod.load(spec_or_model, option=None)
         spec, model, example = loaded.spec, loaded.model, loaded.example_input
     if isinstance(input_shape, str):
-        input_shape = spec_mod.parse_shape(input_shape)
+        input_shape = spec_mod.parse_shape(input_shape, option="--input-shape")
     if input_shape is not None:
         example = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed))
     if example is None:
         raise BNCheckUsageError(f"{spec}: no input shape: pass --input-shape C,H,W (one sample, without the batch "
                                 f"dim), or give the model an `example_input` attribute")
-    dev = spec_mod.parse_device(device) if isinstance(device, str) else torch.device(device)
-    dtype_list = [spec_mod.parse_dtype(d) if isinstance(d, str) else d for d in _parse_list(dtypes, ())]
+    dev = spec_mod.parse_device(device, option="--device") if isinstance(device, str) else torch.device(device)
+    dtype_list = [spec_mod.parse_dtype(d, option="--dtype") if isinstance(d, str) else d
+                  for d in _parse_list(dtypes, ())]
     if isinstance(layers, str):
         layers = [] if layers in ("none", "") else None if layers == "all" else list(_parse_list(layers, ()))
     formats = _parse_list(memory_formats, MEMORY_FORMATS)
@@ -686,17 +683,10 @@ def cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m bncheck.bench",
-                                                   description=__doc__.split("\n\n")[0]))
-    args = parser.parse_args(argv)
-    try:
-        return cli(args)
-    except BNCheckUsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a model that fails under benchmark: one line, like the checks
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 1
+    """`python -m bncheck.bench ...` is `python -m bncheck bench ...`."""
+    from .__main__ import main as bncheck_main
+
+    return bncheck_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

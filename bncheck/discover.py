@@ -51,3 +51,12 @@ def find_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     if is_batchnorm(model):
         return {"": model} | {n: m for n, m in model.named_modules() if n and is_batchnorm(m)}
     return {name: m for name, m in model.named_modules() if is_batchnorm(m)}
+
+
+def sequential_pairs(model: nn.Module):
+    """(name, next name) of every two neighbouring children of the nn.Sequential containers in `model`: the only
+    data flow visible without running it."""
+    for prefix, seq in model.named_modules():
+        if isinstance(seq, nn.Sequential):
+            names = [f"{prefix}.{n}" if prefix else n for n, _ in seq.named_children()]
+            yield from zip(names, names[1:])

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from .capture import capture
-from .discover import find_batchnorms, is_frozen
+from .discover import find_batchnorms, is_frozen, sequential_pairs
 from .errors import BNCheckWarning
 
 
@@ -27,14 +27,6 @@ def _has_bias(module: nn.Module) -> bool:
     return isinstance(module, (_ConvNd, nn.Linear)) and isinstance(module.bias, torch.Tensor)
 
 
-def _sequential_pairs(model: nn.Module):
-    for prefix, seq in model.named_modules():
-        if isinstance(seq, nn.Sequential):
-            items = list(seq.named_children())
-            for (a_name, _), (b_name, _) in zip(items, items[1:]):
-                yield (f"{prefix}.{a_name}" if prefix else a_name), (f"{prefix}.{b_name}" if prefix else b_name)
-
-
 def find_redundant_bias(model: nn.Module, example_input=None, *, producers: dict[str, str] | None = None
                         ) -> list[Finding]:
     """Conv/linear layers with a bias whose output feeds a (non-frozen) BN directly: β absorbs the bias.
@@ -50,7 +42,7 @@ def find_redundant_bias(model: nn.Module, example_input=None, *, producers: dict
     if producers is not None:
         pairs = [(producer, bn) for bn, producer in producers.items()]
     else:
-        pairs = list(_sequential_pairs(model))
+        pairs = list(sequential_pairs(model))
     bns = find_batchnorms(model)
     findings = []
     for producer_name, bn_name in pairs:

@@ -17,7 +17,7 @@ from .model_checks import MODEL_CHECKS
 from .spec import Loaded
 from .state import clone
 from .syncbn import check_model_layer, syncbn_targets
-from .tolerances import LOW_PRECISION
+from .tolerances import LOW_PRECISION, dtype_name
 
 LINTS = {
     "redundant_bias": lambda plan: lints.find_redundant_bias(plan.work, producers=plan.producers),
@@ -95,7 +95,7 @@ class Plan:
     def header(self) -> str:
         kinds = Counter(kind_of(m).split(",")[0] for m in self.layers.values())
         found = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "none"
-        return (f"bncheck: {self.spec} on {self.settings.device}, {str(self.settings.dtype).removeprefix('torch.')}, "
+        return (f"bncheck: {self.spec} on {self.settings.device}, {dtype_name(self.settings.dtype)}, "
                 f"torch {torch.__version__}; {len(self.layers)} BN layers ({found})"
                 + (f"; inputs captured in eval mode (train mode: {self.train_error})" if self.train_error else ""))
 

@@ -42,8 +42,7 @@ def pytest_addoption(parser):
     for option, ini, help_text, kwargs in _OPTIONS:
         group.addoption(option, dest=ini, help=help_text, **kwargs)
         ini_type = ("linelist" if ini == "bncheck_model" else
-                    "bool" if ini in ("bncheck_strict", "bncheck_benchmark", "bncheck_syncbn", "bncheck_convergence")
-                    else "string")
+                    "bool" if kwargs.get("action") == "store_true" else "string")
         parser.addini(ini, help=help_text, type=ini_type, default=None)
 
 

@@ -41,6 +41,11 @@ def runs_batch_norm(device: str, dtype: torch.dtype) -> bool:
         return False
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.float32 -> 'float32', as the plugin's and the CLIs' options spell dtypes."""
+    return str(dtype).removeprefix("torch.")
+
+
 def tolerance(dtype: torch.dtype) -> Tolerance:
     """The tolerance for results computed in `dtype` (float32's for anything not listed)."""
     return TOLERANCES.get(dtype, TOLERANCES[torch.float32])

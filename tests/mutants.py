@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOW_PRECISION = (torch.float16, torch.bfloat16)
+from bncheck.tolerances import LOW_PRECISION
+
 CHANNELS = 4
 # (batch, spatial) per rank; small, and N differs from the spatial sizes so that reduction-dim mix-ups show.
 _SHAPES = {2: (8, ()), 3: (4, (5,)), 4: (4, (3, 5)), 5: (2, (2, 3, 2))}
