@@ -44,3 +44,21 @@ def bnmodels(pytester, _lazy_torch_imports):
     pytester.makepyfile(bnmodels=MODELS_SOURCE)
     pytester.syspathinsert()
     return pytester
+
+
+# --- shared by several test files -------------------------------------------------------------------------------
+@pytest.fixture
+def one_thread():
+    """torch on one CPU thread during the test: timings and training on a busy 2-core machine stay steady."""
+    from bncheck.threads import one_thread as single
+
+    with single():
+        yield
+
+
+@pytest.fixture(scope="session")
+def d8():
+    """scikit-learn's 8x8 digits (bncheck.data.digits), loaded once."""
+    from bncheck.data import digits
+
+    return digits()

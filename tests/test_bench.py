@@ -35,14 +35,6 @@ CPU_CLOCK = timeit.default_timer
 ATTEMPTS = 5  # a timing comparison passes if one of 5 attempts agrees: noise is forgiven, a wrong method is not
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _x(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 

@@ -34,20 +34,11 @@ from bncheck.data import Data, digits
 from bncheck.errors import BNCheckError, BNCheckUsageError
 from bncheck.examples import seed_cnn
 from bncheck.state import Snapshot
-from bncheck.threads import one_thread
 
 BENCHMARK_BUDGET_S = 30  # the bound for one convergence test on CPU
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def d8():
-    return digits()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bncheck.convergence import fit
-from bncheck.data import Data, digits
+from bncheck.data import Data
 from bncheck.errors import BNCheckError, BNCheckUsageError
 from bncheck.population import (
     assert_population_stats,
@@ -24,16 +24,7 @@ from bncheck.population import (
 from bncheck.state import Snapshot
 from bncheck.threads import one_thread
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def d8():
-    return digits()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digits_cnn(momentum=0.1):
