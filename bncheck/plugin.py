@@ -185,11 +185,14 @@ def pytest_collection_modifyitems(session, config, items):
     for plan in config.stash.get(_PLANS, []):
         name = f"bncheck[{plan.spec}]"
         collector = BNCheckModel.from_parent(session, name=name, nodeid=name, plan=plan)
-        items.extend(collector.collect())
+        added = collector.collect()
         if _setting(config, "bncheck_benchmark"):
             from bncheck.bench_pytest import plan_items
 
-            items.extend(plan_items(collector, plan))
+            added += plan_items(collector, plan)
+        items.extend(added)
+        # Reported like a collected file, so that "collected N items" counts them.
+        config.hook.pytest_collectreport(report=pytest.CollectReport(name, "passed", None, added))
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -98,6 +98,7 @@ def test_model_alone_runs_only_bncheck_items_with_header_and_summary(bnmodels):
     result.stdout.fnmatch_lines([
         f"bncheck: bnmodels:net on {AUTO_DEVICE}, float32, torch {torch.__version__}; "
         f"2 BN layers (BatchNorm1d: 1, BatchNorm2d: 1)",
+        f"collected {len(outcomes)} items",  # bncheck's items count as collected ones
     ])
     n_model = len(MODEL_CHECKS) + len(LINTS)
     summary = result.stdout.str().split("bncheck summary")[1].splitlines()[1:4]
