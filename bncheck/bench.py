@@ -319,6 +319,136 @@ def _bytes_kwargs(layer: nn.Module) -> dict:
             "batch_stats": not is_frozen(layer)}
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """benchmark_cases' arguments, validated and with their defaults: what every case of one call shares."""
+
+    device: torch.device
+    dtype: torch.dtype
+    modes: tuple[str, ...]
+    formats: tuple[str, ...]
+    synchronize: Callable[[], None]
+    roofline: Roofline
+    min_run_time: float
+    warmup: int
+    cudnn_benchmark: bool | None
+
+    def case(self, target: str, mode: str, fmt_name: str, setup: Callable[[], Callable[[], object]],
+             **figures) -> BenchCase:
+        """The BenchCase of `target` in `mode` and memory format `fmt_name`, with this plan's settings."""
+        return BenchCase(case_name(mode, target, self.dtype, fmt_name), target, mode, setup, memory_format=fmt_name,
+                         synchronize=self.synchronize, device=self.device, dtype=self.dtype, roofline=self.roofline,
+                         min_run_time=self.min_run_time, warmup=self.warmup, cudnn_benchmark=self.cudnn_benchmark,
+                         **figures)
+
+
+def _plan(example_input, device, dtype, memory_formats, modes, *, quick: bool, min_run_time, warmup,
+          cudnn_benchmark, roofline, copy_nbytes) -> _Plan:
+    """benchmark_cases' settings checked and completed (quick: CI defaults); raises BNCheckUsageError on a bad one."""
+    device = torch.device(device) if device is not None else _first_tensor(example_input).device
+    if isinstance(dtype, str):
+        from .spec import parse_dtype
+        dtype = parse_dtype(dtype)
+    modes = _checked_modes(modes)
+    formats = _checked_formats(memory_formats)
+    min_run_time = DEFAULT_MIN_RUN_TIME[quick] if min_run_time is None else min_run_time
+    warmup = DEFAULT_WARMUP[quick] if warmup is None else warmup
+    if roofline is None:
+        nbytes = copy_nbytes or DEFAULT_COPY_BYTES[("cpu" if device.type == "cpu" else "gpu", quick)]
+        roofline = Roofline(device, dtype, nbytes, min_run_time=max(min_run_time, 0.05))
+    return _Plan(device, dtype, modes, formats, synchronizer(device), roofline, min_run_time, warmup,
+                 cudnn_benchmark)
+
+
+def _checked_modes(modes: Iterable[str]) -> tuple[str, ...]:
+    modes = tuple(modes)
+    for m in modes:
+        if m not in MODES:
+            raise BNCheckUsageError(f"mode {m!r}: expected one of {', '.join(MODES)}")
+    return modes
+
+
+def _checked_formats(memory_formats: Iterable[str] | None) -> tuple[str, ...]:
+    formats = tuple(memory_formats) if memory_formats is not None else MEMORY_FORMATS
+    for f in formats:
+        memory_format_for(f, 4)  # validates the name
+    return formats
+
+
+@dataclass(frozen=True, eq=False)
+class _Target:
+    """One thing benchmark_cases times in every mode and memory format: the model or one of its BN layers."""
+
+    name: str  # MODEL or the layer's qualified name
+    module: nn.Module
+    example: object  # its input, a tensor or tuple; None for a layer the forward pass never called
+    bn: nn.Module | None  # the BN layer whose byte model gives it BN figures
+    skip: str | None  # why none of its cases can run
+    train_skip: str | None  # why its train-mode cases (forward_train, backward) cannot run
+
+
+def _targets(model: nn.Module, example_input, layers: Iterable[str] | None,
+             inputs: dict[str, torch.Tensor] | None) -> list[_Target]:
+    """The whole model, then each selected BN layer with its captured input (captured here unless `inputs` is
+    given); raises BNCheckUsageError for a name in `layers` that is not a BN layer."""
+    bns = find_batchnorms(model)
+    wanted = _wanted_layers(bns, layers)
+    if inputs is None and bns:
+        inputs = layer_inputs(model, example_input)
+    inputs = inputs or {}
+    # A train-mode forward raises on a BN that sees one value per channel: those cases skip, saying which layer.
+    too_small = {n: tuple(x.shape) for n, x in inputs.items() if not is_frozen(bns[n]) and x.numel() <= x.shape[1]}
+    first = next(iter(too_small.items()), None)
+    # A model that is itself a BN layer also gets BN figures (and no separate layer case).
+    targets = [_Target(MODEL, model, example_input, bns.get(""), None, first and (
+        f"model: train mode needs more than 1 value per channel, BN layer {first[0]!r} gets {first[1]}"))]
+    for name in wanted:
+        x = inputs.get(name)
+        targets.append(_Target(
+            name, bns[name], x, bns[name],
+            None if x is not None else f"{name} was not called in the forward pass on the example input",
+            name in too_small and f"{name}: train mode needs more than 1 value per channel, its input is "
+                                  f"{too_small[name]}" or None))
+    return targets
+
+
+def _wanted_layers(bns: dict[str, nn.Module], layers: Iterable[str] | None) -> list[str]:
+    """The names of the BN layers to benchmark (`layers`: None = all), in model order."""
+    if layers is not None:
+        layers = set(layers)
+        unknown = sorted(layers - set(bns))
+        if unknown:
+            raise BNCheckUsageError(f"--layers: no BN layer named {', '.join(map(repr, unknown))}; the model's BN "
+                                    f"layers are {', '.join(n for n in bns if n) or 'none'}")
+    return [n for n in bns if n and (layers is None or n in layers)]
+
+
+def _target_cases(target: _Target, plan: _Plan) -> list[BenchCase]:
+    """The cases of `target`: one per mode in each memory format that applies to its input."""
+    x = _first_tensor(target.example) if target.example is not None else None
+    shape = tuple(x.shape) if x is not None else ()
+    cases = []
+    for fmt_name in plan.formats:
+        fmt = memory_format_for(fmt_name, x.dim() if x is not None else 2)
+        if fmt is None:
+            continue
+        for mode in plan.modes:
+            setup = _setup(target.module, target.example, mode, plan.device, plan.dtype, fmt,
+                           wrt_inputs=target.name != MODEL,
+                           skip=target.skip or (target.train_skip if mode != "forward_eval" else None))
+            cases.append(plan.case(target.name, mode, fmt_name, setup, shape=shape,
+                                   samples=int(shape[0]) if shape else 1,
+                                   min_bytes=_min_bytes(target.bn, x, mode, plan.dtype)))
+    return cases
+
+
+def _min_bytes(bn: nn.Module | None, x: torch.Tensor | None, mode: str, dtype: torch.dtype) -> int | None:
+    """bn_min_bytes of `bn` on `x` in `mode`; None without a BN layer or a floating-point (N, C, *) input."""
+    if bn is None or x is None or x.dim() < 2 or not x.is_floating_point():
+        return None
+    return bn_min_bytes(tuple(x.shape), mode, dtype=dtype, **_bytes_kwargs(bn))
+
+
 def benchmark_cases(model: nn.Module, example_input, *, device: torch.device | str | None = None,
                     dtype: torch.dtype = torch.float32, memory_formats: Iterable[str] | None = None,
                     modes: Iterable[str] = MODES, layers: Iterable[str] | None = None, quick: bool = False,
@@ -333,69 +463,10 @@ def benchmark_cases(model: nn.Module, example_input, *, device: torch.device | s
     real input in one forward pass of a copy (`bncheck.capture`; pass `inputs` to reuse a capture), kept on the
     CPU until a case moves it to `device`. quick: short measurements and warm-up, for CI.
     """
-    device = torch.device(device) if device is not None else _first_tensor(example_input).device
-    if isinstance(dtype, str):
-        from .spec import parse_dtype
-        dtype = parse_dtype(dtype)
-    modes = tuple(modes)
-    for m in modes:
-        if m not in MODES:
-            raise BNCheckUsageError(f"mode {m!r}: expected one of {', '.join(MODES)}")
-    formats = tuple(memory_formats) if memory_formats is not None else MEMORY_FORMATS
-    for f in formats:
-        memory_format_for(f, 4)  # validates the name
-    min_run_time = DEFAULT_MIN_RUN_TIME[quick] if min_run_time is None else min_run_time
-    warmup = DEFAULT_WARMUP[quick] if warmup is None else warmup
-    if roofline is None:
-        nbytes = copy_nbytes or DEFAULT_COPY_BYTES[("cpu" if device.type == "cpu" else "gpu", quick)]
-        roofline = Roofline(device, dtype, nbytes, min_run_time=max(min_run_time, 0.05))
-    sync = synchronizer(device)
-    common = dict(synchronize=sync, device=device, dtype=dtype, roofline=roofline, min_run_time=min_run_time,
-                  warmup=warmup, cudnn_benchmark=cudnn_benchmark)
-
-    bns = find_batchnorms(model)
-    if layers is not None:
-        unknown = sorted(set(layers) - set(bns))
-        if unknown:
-            raise BNCheckUsageError(f"--layers: no BN layer named {', '.join(map(repr, unknown))}; the model's BN "
-                                    f"layers are {', '.join(n for n in bns if n) or 'none'}")
-    wanted = [n for n in bns if n and (layers is None or n in set(layers))]
-    if inputs is None and bns:
-        inputs = layer_inputs(model, example_input)
-    inputs = inputs or {}
-    # A train-mode forward raises on a BN that sees one value per channel: those cases skip, saying which layer.
-    too_small = {n: tuple(x.shape) for n, x in inputs.items() if not is_frozen(bns[n]) and x.numel() <= x.shape[1]}
-    cases: list[BenchCase] = []
-
-    def add(target: str, module: nn.Module, example, bn: nn.Module | None, skip: str | None, train_skip: str | None):
-        """The cases of one target; `bn`: the BN layer whose byte model gives it BN figures."""
-        x = _first_tensor(example) if example is not None else None
-        shape = tuple(x.shape) if x is not None else ()
-        for fmt_name in formats:
-            fmt = memory_format_for(fmt_name, x.dim() if x is not None else 2)
-            if fmt is None:
-                continue
-            for mode in modes:
-                min_bytes = None
-                if bn is not None and x is not None and x.dim() >= 2 and x.is_floating_point():
-                    min_bytes = bn_min_bytes(shape, mode, dtype=dtype, **_bytes_kwargs(bn))
-                setup = _setup(module, example, mode, device, dtype, fmt, wrt_inputs=target != MODEL,
-                               skip=skip or (train_skip if mode != "forward_eval" else None))
-                cases.append(BenchCase(case_name(mode, target, dtype, fmt_name), target, mode, setup,
-                                       memory_format=fmt_name, shape=shape, samples=int(shape[0]) if shape else 1,
-                                       min_bytes=min_bytes, **common))
-
-    # The whole model; a model that is itself a BN layer also gets BN figures (and no separate layer case).
-    first = next(iter(too_small.items()), None)
-    add(MODEL, model, example_input, bns.get(""), None,
-        first and f"model: train mode needs more than 1 value per channel, BN layer {first[0]!r} gets {first[1]}")
-    for name in wanted:
-        x = inputs.get(name)
-        add(name, bns[name], x, bns[name],
-            None if x is not None else f"{name} was not called in the forward pass on the example input",
-            name in too_small and f"{name}: train mode needs more than 1 value per channel, its input is "
-                                  f"{too_small[name]}" or None)
-    return cases
+    plan = _plan(example_input, device, dtype, memory_formats, modes, quick=quick, min_run_time=min_run_time,
+                 warmup=warmup, cudnn_benchmark=cudnn_benchmark, roofline=roofline, copy_nbytes=copy_nbytes)
+    return [case for target in _targets(model, example_input, layers, inputs)
+            for case in _target_cases(target, plan)]
 
 
 def layer_inputs(model: nn.Module, example_input) -> dict[str, torch.Tensor]:

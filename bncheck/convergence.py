@@ -180,56 +180,107 @@ def fit(model: nn.Module, data: Data, training: Training | None = None, *, seed:
     curve = Curve(label, seed)
     own_bar = bar is None
     bar = progress_bar(training.steps, f"{label or 'train'} seed {seed}", enabled=progress) if own_bar else bar
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    since, elapsed = 0, 0.0
     try:
         with private_rng(seed, device):
-            materialized(net, data.x_train[:2])  # Lazy parameters (seeded) before the optimizer sees them
-            net.train()
-            optimizer = training.make_optimizer([p for p in net.parameters() if p.requires_grad])
-            started = time.perf_counter()
-            for step in range(1, training.steps + 1):
-                idx = order[step - 1]
-                xb, yb = data.x_train[idx], data.y_train[idx]
-                out = net(xb)
-                loss = loss_fn(out, yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach()
-                correct += (out.detach().argmax(1) == yb).sum()
-                since += 1
-                bar.update(1)
-                if step % training.eval_every and step != training.steps:
-                    continue
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                elapsed += time.perf_counter() - started
-                mean_loss = float(loss_sum) / since
-                acc, test_loss = evaluate(net, data.x_test, data.y_test, loss_fn=loss_fn)
-                curve.steps.append(step)
-                curve.train_loss.append(mean_loss)
-                curve.train_accuracy.append(int(correct) / (since * training.batch_size))
-                curve.test_accuracy.append(acc)
-                curve.test_loss.append(test_loss)
-                curve.seconds.append(elapsed)
-                loss_sum.zero_()
-                correct.zero_()
-                since = 0
-                if not math.isfinite(mean_loss) or not math.isfinite(test_loss):
-                    curve.diverged = True
-                    break
-                if curve.reached is None and training.reached(acc if training.metric == "accuracy" else test_loss):
-                    curve.reached = step
-                    if training.stop_at_target:
-                        break
-                bar.set_postfix_str(f"acc {acc:.3f} loss {test_loss:.3f}")
-                started = time.perf_counter()
+            _run(net, data, order, training, curve, loss_fn, bar)
     finally:
         if own_bar:
             bar.close()
     return net, curve
+
+
+def _run(net: nn.Module, data: Data, order: torch.Tensor, training: Training, curve: Curve, loss_fn, bar) -> None:
+    """fit's training loop: one optimizer step per row of `order`, scored into `curve` every eval_every steps and
+    at the last; stops early on divergence, and at the target when stop_at_target."""
+    optimizer = _optimizer(net, data, training)
+    tally = _Tally(order.device, training.batch_size)
+    for step in range(1, training.steps + 1):
+        idx = order[step - 1]
+        xb, yb = data.x_train[idx], data.y_train[idx]
+        out = net(xb)
+        loss = loss_fn(out, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        tally.add(loss, out, yb)
+        bar.update(1)
+        if step % training.eval_every and step != training.steps:
+            continue
+        _score(net, data, step, tally, curve, loss_fn)
+        if _stops(curve, training):
+            break
+        bar.set_postfix_str(f"acc {curve.test_accuracy[-1]:.3f} loss {curve.test_loss[-1]:.3f}")
+        tally.resume_clock()
+
+
+def _optimizer(net: nn.Module, data: Data, training: Training) -> torch.optim.Optimizer:
+    """`net` ready to train: Lazy parameters materialized (under the caller's seeded RNG), train mode, and the
+    optimizer of its trainable parameters."""
+    materialized(net, data.x_train[:2])  # before the optimizer sees the parameters
+    net.train()
+    return training.make_optimizer([p for p in net.parameters() if p.requires_grad])
+
+
+class _Tally:
+    """The training loss and train-mode accuracy since the last scored step, summed on the device (no host sync
+    per step), and the training time so far with scoring excluded."""
+
+    def __init__(self, device: torch.device, batch_size: int):
+        self.device, self.batch_size = device, batch_size
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.since, self.seconds = 0, 0.0
+        self.resume_clock()
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, yb: torch.Tensor) -> None:
+        self.loss_sum += loss.detach()
+        self.correct += (out.detach().argmax(1) == yb).sum()
+        self.since += 1
+
+    def take(self) -> tuple[float, float]:
+        """(mean loss, accuracy) over the steps since the last take, which start anew."""
+        mean_loss = float(self.loss_sum) / self.since
+        accuracy = int(self.correct) / (self.since * self.batch_size)
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.since = 0
+        return mean_loss, accuracy
+
+    def stop_clock(self) -> float:
+        """The training seconds so far, once the device has finished the queued steps."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - self.started
+        return self.seconds
+
+    def resume_clock(self) -> None:
+        self.started = time.perf_counter()
+
+
+def _score(net: nn.Module, data: Data, step: int, tally: _Tally, curve: Curve, loss_fn) -> None:
+    """Append a point at `step` to `curve`: the held-out split's accuracy and loss, the training figures since the
+    previous point and the training time so far."""
+    seconds = tally.stop_clock()
+    train_loss, train_accuracy = tally.take()
+    acc, test_loss = evaluate(net, data.x_test, data.y_test, loss_fn=loss_fn)
+    curve.steps.append(step)
+    curve.train_loss.append(train_loss)
+    curve.train_accuracy.append(train_accuracy)
+    curve.test_accuracy.append(acc)
+    curve.test_loss.append(test_loss)
+    curve.seconds.append(seconds)
+
+
+def _stops(curve: Curve, training: Training) -> bool:
+    """Mark on `curve` a divergence or the first point that met the target; True when training ends there."""
+    if not math.isfinite(curve.train_loss[-1]) or not math.isfinite(curve.test_loss[-1]):
+        curve.diverged = True
+        return True
+    score = curve.test_accuracy[-1] if training.metric == "accuracy" else curve.test_loss[-1]
+    if curve.reached is None and training.reached(score):
+        curve.reached = curve.steps[-1]
+        return training.stop_at_target
+    return False
 
 
 def _require_data(data) -> None:

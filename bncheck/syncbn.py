@@ -450,6 +450,94 @@ def _compare(setup: _Setup, got: dict) -> None:
                     cause="eval mode must use the (synchronized) running statistics")
 
 
+def _check_arguments(module_factory, world_size: int, steps: int, timeout: float) -> None:
+    """Raise BNCheckUsageError (one line) for a world_size or steps below 1, a timeout that is not positive, or a
+    factory that cannot be pickled."""
+    if world_size < 1:
+        raise BNCheckUsageError(f"world_size must be at least 1, got {world_size}")
+    if steps < 1:
+        raise BNCheckUsageError(f"steps must be at least 1 (train steps per check), got {steps}")
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        raise BNCheckUsageError(f"timeout must be a positive number of seconds, got {timeout}")
+    try:
+        pickle.dumps(module_factory)
+    except Exception as exc:
+        raise BNCheckUsageError(f"module_factory must be picklable, since every worker process calls it: use a "
+                                f"module-level function or class, or functools.partial of one, not a lambda or a "
+                                f"local function ({one_line(exc)})") from exc
+
+
+def _probe(module_factory) -> nn.Module:
+    """A copy of the module the factory returns, to inspect and set state on (the factory may return a shared
+    module)."""
+    probe = module_factory()
+    if not isinstance(probe, nn.Module):
+        raise BNCheckUsageError(f"module_factory returned {type(probe).__name__}, expected an nn.Module")
+    return clone(probe)
+
+
+def _device_type(device, probe: nn.Module, label: str, world_size: int) -> str:
+    """The device type the workers use, 'cpu' or 'cuda' (`device` None: 'cuda' for torch's nn.SyncBatchNorm when
+    available); BNCheckSkip when the layer or the world size cannot run on it."""
+    torch_sync = _uses_torch_syncbn(probe)
+    if device is None:
+        device = "cuda" if torch_sync and torch.cuda.is_available() else "cpu"
+    device = torch.device(device).type
+    if device == "cpu" and torch_sync:
+        reason = "this machine has no CUDA device" if not torch.cuda.is_available() else "device='cpu' was asked for"
+        raise BNCheckSkip(f"{label}: torch's nn.SyncBatchNorm rejects CPU input under a process group "
+                          f"('{GPU_ONLY_MESSAGE} ...'), and {reason}")
+    if device == "cuda" and torch.cuda.device_count() < world_size:
+        raise BNCheckSkip(f"{label}: world_size {world_size} needs {world_size} CUDA device(s) (nccl, one process "
+                          f"per GPU), found {torch.cuda.device_count()}")
+    if device not in ("cpu", "cuda"):
+        raise BNCheckUsageError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
+def _sample_shape(probe: nn.Module, sample_shape, label: str) -> tuple[int, ...]:
+    """`sample_shape` as a tuple, or the default one for the layer's kind and number of channels."""
+    if sample_shape is None:
+        channels = _channels(probe)
+        if channels is None:
+            raise BNCheckUsageError(f"{label}: cannot tell the number of channels; pass sample_shape=(C, ...)")
+        sample_shape = _default_sample_shape(probe, channels)
+    return tuple(sample_shape)
+
+
+def _batch_sizes(batch_sizes, world_size: int) -> list[int]:
+    """The per-rank batch sizes (default 2, 3, 4, ...); BNCheckUsageError unless every rank gets samples."""
+    batch_sizes = list(batch_sizes) if batch_sizes is not None else [2 + r for r in range(world_size)]
+    if len(batch_sizes) != world_size or min(batch_sizes) < 1:
+        raise BNCheckUsageError(f"batch_sizes must give a positive batch size for each of the {world_size} ranks, "
+                                f"got {batch_sizes}")
+    return batch_sizes
+
+
+def _build_setup(probe: nn.Module, label: str, dtype: torch.dtype, batch_sizes: list[int],
+                 sample_shape: tuple[int, ...], steps: int, seed: int) -> _Setup:
+    """Give `probe` a nontrivial state and draw every rank's data from `seed`: the _Setup of one check."""
+    set_state(probe, nontrivial_state(sample_shape[0], seed))
+    state = {k: v.detach().cpu().clone() for k, v in probe.state_dict().items()}
+    weight = state.get("weight") if isinstance(getattr(probe, "weight", None), nn.Parameter) else None
+    bias = state.get("bias") if isinstance(getattr(probe, "bias", None), nn.Parameter) else None
+    gen = torch.Generator().manual_seed(seed)
+    steps_data = []
+    for _ in range(steps):
+        xs = _ranks_data(batch_sizes, sample_shape, gen, dtype)
+        steps_data.append((xs, [torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype) for x in xs]))
+    return _Setup(label=label, world_size=len(batch_sizes), dtype=dtype, batch_sizes=batch_sizes,
+                  eps=float(getattr(probe, "eps", 1e-5)), momentum=getattr(probe, "momentum", 0.1), state=state,
+                  weight=weight, bias=bias,
+                  tracks=isinstance(getattr(probe, "running_mean", None), torch.Tensor), steps=steps_data,
+                  eval_x=_ranks_data(batch_sizes, sample_shape, gen, dtype))
+
+
+def _ranks_data(batch_sizes: list[int], sample_shape: tuple[int, ...], gen: torch.Generator, dtype) -> list:
+    """One batch per rank (_rank_data), drawn in rank order from `gen`."""
+    return [_rank_data((b, *sample_shape), r, gen, dtype) for r, b in enumerate(batch_sizes)]
+
+
 def assert_syncbn_matches(module_factory, world_size: int = 2, *, batch_sizes=None, sample_shape=None,
                           steps: int = 2, device=None, dtype: torch.dtype = torch.float32, timeout: float = 60.0,
                           seed: int = 0, name: str = "", start_method: str | None = None) -> None:
@@ -477,59 +565,11 @@ def assert_syncbn_matches(module_factory, world_size: int = 2, *, batch_sizes=No
     BNCheckUsageError (one line) for a factory that cannot be pickled, a world_size or steps below 1, a timeout
     that is not positive, or batch_sizes that leave a rank without samples.
     """
-    if world_size < 1:
-        raise BNCheckUsageError(f"world_size must be at least 1, got {world_size}")
-    if steps < 1:
-        raise BNCheckUsageError(f"steps must be at least 1 (train steps per check), got {steps}")
-    if not isinstance(timeout, int | float) or timeout <= 0:
-        raise BNCheckUsageError(f"timeout must be a positive number of seconds, got {timeout}")
-    try:
-        pickle.dumps(module_factory)
-    except Exception as exc:
-        raise BNCheckUsageError(f"module_factory must be picklable, since every worker process calls it: use a "
-                                f"module-level function or class, or functools.partial of one, not a lambda or a "
-                                f"local function ({one_line(exc)})") from exc
-    probe = module_factory()
-    if not isinstance(probe, nn.Module):
-        raise BNCheckUsageError(f"module_factory returned {type(probe).__name__}, expected an nn.Module")
-    probe = clone(probe)  # the factory may return a shared module: the state below is set on a copy
+    _check_arguments(module_factory, world_size, steps, timeout)
+    probe = _probe(module_factory)
     label = name or type(probe).__name__
-    torch_sync = _uses_torch_syncbn(probe)
-    if device is None:
-        device = "cuda" if torch_sync and torch.cuda.is_available() else "cpu"
-    device = torch.device(device).type
-    if device == "cpu" and torch_sync:
-        reason = "this machine has no CUDA device" if not torch.cuda.is_available() else "device='cpu' was asked for"
-        raise BNCheckSkip(f"{label}: torch's nn.SyncBatchNorm rejects CPU input under a process group "
-                          f"('{GPU_ONLY_MESSAGE} ...'), and {reason}")
-    if device == "cuda" and torch.cuda.device_count() < world_size:
-        raise BNCheckSkip(f"{label}: world_size {world_size} needs {world_size} CUDA device(s) (nccl, one process "
-                          f"per GPU), found {torch.cuda.device_count()}")
-    if device not in ("cpu", "cuda"):
-        raise BNCheckUsageError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    channels = _channels(probe)
-    if sample_shape is None:
-        if channels is None:
-            raise BNCheckUsageError(f"{label}: cannot tell the number of channels; pass sample_shape=(C, ...)")
-        sample_shape = _default_sample_shape(probe, channels)
-    sample_shape = tuple(sample_shape)
-    batch_sizes = list(batch_sizes) if batch_sizes is not None else [2 + r for r in range(world_size)]
-    if len(batch_sizes) != world_size or min(batch_sizes) < 1:
-        raise BNCheckUsageError(f"batch_sizes must give a positive batch size for each of the {world_size} ranks, "
-                                f"got {batch_sizes}")
-    set_state(probe, nontrivial_state(sample_shape[0], seed))
-    state = {k: v.detach().cpu().clone() for k, v in probe.state_dict().items()}
-    weight = state.get("weight") if isinstance(getattr(probe, "weight", None), nn.Parameter) else None
-    bias = state.get("bias") if isinstance(getattr(probe, "bias", None), nn.Parameter) else None
-    gen = torch.Generator().manual_seed(seed)
-    steps_data = []
-    for _ in range(steps):
-        xs = [_rank_data((b, *sample_shape), r, gen, dtype) for r, b in enumerate(batch_sizes)]
-        steps_data.append((xs, [torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype) for x in xs]))
-    setup = _Setup(label=label, world_size=world_size, dtype=dtype, batch_sizes=batch_sizes,
-                   eps=float(getattr(probe, "eps", 1e-5)), momentum=getattr(probe, "momentum", 0.1), state=state,
-                   weight=weight, bias=bias,
-                   tracks=isinstance(getattr(probe, "running_mean", None), torch.Tensor), steps=steps_data,
-                   eval_x=[_rank_data((b, *sample_shape), r, gen, dtype) for r, b in enumerate(batch_sizes)])
+    device = _device_type(device, probe, label, world_size)
+    sample_shape = _sample_shape(probe, sample_shape, label)
+    setup = _build_setup(probe, label, dtype, _batch_sizes(batch_sizes, world_size), sample_shape, steps, seed)
     got = _launch(setup, module_factory, "nccl" if device == "cuda" else "gloo", timeout, start_method)
     _compare(setup, got)

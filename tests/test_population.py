@@ -39,7 +39,8 @@ def digits_cnn(momentum=0.1):
 @pytest.fixture(scope="module")
 def trained(d8):
     """The digits CNN after 200 normal training steps (Adam, lr 0.003, BN momentum 0.1): ~97 % test accuracy."""
-    with one_thread():
+    with one_thread(), torch.random.fork_rng():
+        torch.manual_seed(0)  # the initial weights: the same whichever tests ran before (xdist, -k)
         net, curve = fit(digits_cnn(), d8, lr=0.003, steps=200, stop_at_target=False)
     assert curve.final_accuracy > 0.95
     return net.eval()
