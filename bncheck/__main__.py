@@ -1,11 +1,11 @@
 """`python -m bncheck check SPEC [--input-shape C,H,W]`: every check on one model, without pytest;
-`python -m bncheck bench SPEC [--input-shape C,H,W]`: the throughput benchmarks (bncheck.bench) as a table."""
+`python -m bncheck bench SPEC [--input-shape C,H,W]`: the throughput benchmarks (bncheck.bench_cli) as a table."""
 
 import argparse
 import sys
 import warnings
 
-from . import bench
+from . import bench_cli
 from . import spec as spec_mod
 from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
 from .plan import Plan, Settings
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="lint findings fail")
     p.set_defaults(func=check)
-    bench.add_subparser(sub)
+    bench_cli.add_subparser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

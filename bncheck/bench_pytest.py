@@ -114,7 +114,7 @@ def plan_items(parent: pytest.Collector, plan) -> list[pytest.Item]:
 def terminal_summary(terminalreporter) -> None:
     """A "bncheck benchmarks" section: bncheck's table (samples/s, GB/s, fraction of copy) of the measured items,
     which pytest-benchmark's own table (times only) lacks. Rows come from the reports, so xdist is no obstacle."""
-    from .bench import format_table
+    from .bench_cli import format_table
 
     rows = [dict(r.user_properties)[FIGURES] for r in terminalreporter.stats.get("passed", [])
             if r.when == "call" and FIGURES in dict(r.user_properties)]

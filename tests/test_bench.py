@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.utils.benchmark import Timer
 
-from bncheck import bench
+from bncheck import bench, bench_cli
+from bncheck.__main__ import main
 from bncheck.bench import BenchCase, benchmark_cases, bn_min_bytes, measure
 from bncheck.errors import BNCheckUsageError
 from bncheck.examples import seed_cnn
@@ -382,9 +383,9 @@ def test_quick_mode_with_benchmarks_disabled_runs_every_item_once(bench_dir):
 
 def test_cli_prints_a_table_with_the_conditions_and_writes_json(capsys, tmp_path, one_thread):
     out = tmp_path / "bench.json"
-    argv = ["bncheck.examples:seed_cnn", "--quick", "--layers", "3", "--modes", "forward_eval,backward",
+    argv = ["bench", "bncheck.examples:seed_cnn", "--quick", "--layers", "3", "--modes", "forward_eval,backward",
             "--memory-format", "contiguous", "--json", str(out)]
-    assert bench.main(argv) == 0
+    assert main(argv) == 0
     text = capsys.readouterr().out
     assert text.startswith("bncheck bench: bncheck.examples:seed_cnn on cpu (")
     assert "cudnn.benchmark=True" in text and "input (8, 1, 28, 28)" in text
@@ -398,7 +399,7 @@ def test_cli_prints_a_table_with_the_conditions_and_writes_json(capsys, tmp_path
     assert [r["name"] for r in saved] == list(rows) and saved[-1]["fraction_of_copy"] > 0
 
     parser = argparse.ArgumentParser()  # the wiring of `python -m bncheck bench`
-    bench.add_subparser(parser.add_subparsers(dest="command"))
+    bench_cli.add_subparser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "bncheck.examples:seed_cnn", "--quick", "--layers", "none", "--modes",
                               "forward_eval", "--memory-format", "contiguous", "--markdown"])
     assert args.func(args) == 0
@@ -407,7 +408,7 @@ def test_cli_prints_a_table_with_the_conditions_and_writes_json(capsys, tmp_path
     assert "| `bench_forward_eval[model\\|float32\\|contiguous]` | " in table  # "|" escaped inside a table cell
     assert all(line.count(" | ") == 4 for line in table.splitlines() if line.startswith("| `"))
 
-    assert bench.main(["nowhere.at.all:net", "--quick"]) == 2
+    assert main(["bench", "nowhere.at.all:net", "--quick"]) == 2
     assert "cannot import 'nowhere.at.all'" in capsys.readouterr().err
 
 
@@ -450,7 +451,7 @@ def test_on_gpu_a_run_leaves_no_allocation_and_restores_cudnn_benchmark(monkeypa
     snap = Snapshot.of(model)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
-    results = bench.run_bench(model, (3, 32, 32), device="cuda", dtypes=["float32", "bfloat16"], quick=True)
+    results = bench_cli.run_bench(model, (3, 32, 32), device="cuda", dtypes=["float32", "bfloat16"], quick=True)
     torch.cuda.synchronize()
     assert all(r.time_s for r in results) and len(results) == 2 * 2 * 2 * 3
     assert torch.cuda.memory_allocated() == before
