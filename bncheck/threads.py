@@ -10,8 +10,9 @@ import torch
 def one_thread():
     """torch's intra-op CPU threads set to 1 inside the block, the caller's count restored after.
 
-    bncheck's tensors are small (probes, one captured batch): extra threads only add synchronization, which on a
-    busy machine (pytest -n 2 on 2 cores) made the per-layer checks of resnet50 13x slower (40 s vs 3 s)."""
+    bncheck's tensors are small (probes, one captured batch): extra threads only add synchronization. With a
+    busy neighbour on a 2-core machine (as under pytest -n 2) the per-layer checks of resnet50 took 14.1 s on
+    2 threads vs 3.7 s on one (docs/PERFORMANCE.md)."""
     threads = torch.get_num_threads()
     if threads > 1:
         torch.set_num_threads(1)
