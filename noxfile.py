@@ -41,14 +41,18 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmarks, serially, as JSON in .benchmarks/nox/ (or the folder after --).
 
-    tests/test_performance.py through pytest-benchmark (performance.json) and `python -m bncheck bench` on the
-    seed CNN (seed_cnn.json)."""
+    tests/test_performance.py through pytest-benchmark (performance.json), every timing comparison and duration
+    bound of the suite (-m timing: timing.json) and `python -m bncheck bench` on the seed CNN (seed_cnn.json)."""
     _install(session, "test")
     out = Path(session.posargs[0]) if session.posargs else BENCH_DIR
     out.mkdir(parents=True, exist_ok=True)
     # pytest-benchmark times nothing under xdist
-    session.run("pytest", "-p", "no:xdist", "tests/test_performance.py",
+    # every timing comparison and duration bound (-m timing), with pytest-benchmark enabled (it times nothing
+    # under xdist), so each budget is asserted here
+    session.run("pytest", "-p", "no:xdist", "-m", "timing or slow", "tests/test_performance.py",
                 f"--benchmark-json={out / 'performance.json'}", "--benchmark-columns=min,max,mean,rounds")
+    session.run("pytest", "-p", "no:xdist", "-m", "timing", "tests/test_bench.py", "tests/test_convergence.py",
+                f"--benchmark-json={out / 'timing.json'}", "--benchmark-columns=min,max,mean,rounds")
     session.run("python", "-m", "bncheck", "bench", "bncheck.examples:seed_cnn", "--json", str(out / "seed_cnn.json"))
     session.log(f"benchmark JSON: {out / 'performance.json'}, {out / 'seed_cnn.json'}")
 

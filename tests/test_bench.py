@@ -154,6 +154,7 @@ def _within(a: float, b: float, tol: float) -> bool:
     return abs(a / b - 1) <= tol
 
 
+@pytest.mark.timing
 def test_measure_agrees_with_torch_utils_benchmark_on_cpu(one_thread):
     """A fixed op: BatchNorm2d(32) eval forward on (16, 32, 64, 64), timed by bncheck's measure() and by a
     plain torch.utils.benchmark.Timer. The reference times the same kind of tensors, built the same way
@@ -230,6 +231,7 @@ def fake_case(stream: FakeStream) -> BenchCase:
                      synchronize=stream.synchronize, shape=(1,), min_run_time=0.1, warmup=2)
 
 
+@pytest.mark.timing
 def test_on_an_asynchronous_device_bncheck_times_the_work_and_an_unsynchronized_timer_does_not():
     stream = FakeStream(0.002)
     tries = []
@@ -332,14 +334,18 @@ TINY_IDS = [f"bncheck[tiny]::bench_{mode}[{target}|float32|channels_last]"
             for target in ("model", "1") for mode in ("forward_train", "forward_eval", "backward")]
 
 
-def test_pytest_benchmark_json_holds_synchronized_times_and_the_figures(bench_dir):
+def _benchmark_json(bench_dir) -> dict:
     """One pytest-benchmark run (a subprocess, without xdist): plain test functions using the `benchmark` fixture
-    and plugin-style items from make_items, all in --benchmark-json with their extra_info."""
+    and plugin-style items from make_items, all in --benchmark-json with their extra_info; by full name."""
     out = bench_dir.path / "bench.json"
     result = bench_dir.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider", "-q",
                                             f"--benchmark-json={out}", "--benchmark-columns=median,rounds,iterations")
     result.assert_outcomes(passed=ATTEMPTS + 2 + len(TINY_IDS))
-    benchmarks = {b["fullname"]: b for b in json.loads(out.read_text())["benchmarks"]}
+    return {b["fullname"]: b for b in json.loads(out.read_text())["benchmarks"]}
+
+
+def test_pytest_benchmark_json_holds_the_times_and_the_figures(bench_dir):
+    benchmarks = _benchmark_json(bench_dir)
     assert set(TINY_IDS) <= set(benchmarks)
 
     for name, b in benchmarks.items():
@@ -355,6 +361,10 @@ def test_pytest_benchmark_json_holds_synchronized_times_and_the_figures(bench_di
     assert 0 < layer["fraction_of_copy"] == pytest.approx(layer["bytes_per_s"] / layer["copy_bytes_per_s"])
     assert layer["memory_format"] == "channels_last" and layer["target"] == "1"
 
+
+@pytest.mark.timing
+def test_pytest_benchmark_times_agree_with_torch_utils_benchmark_and_are_synchronized(bench_dir):
+    benchmarks = _benchmark_json(bench_dir)
     # the fixed op: pytest-benchmark's median (bncheck's path) agrees with torch.utils.benchmark within 10 %
     fixed = [(b["stats"]["median"], b["extra_info"]["reference_s"]) for n, b in benchmarks.items()
              if "test_fixed_op" in n]

@@ -124,8 +124,14 @@ def test_seed_cnn_converges_faster_than_its_twin_benchmark(benchmark, d28):
     assert cmp.wins == 3 and cmp.median_ratio <= 0.8, str(cmp)
     assert cmp.reached == cmp.twin_reached == 3
     assert before.differences(model) == []
-    if benchmark.enabled:  # pytest-benchmark turns itself off under xdist
-        assert benchmark.stats.stats.max < BENCHMARK_BUDGET_S
+
+
+@pytest.mark.timing
+def test_a_convergence_test_costs_under_its_budget(benchmark, d28):
+    """The bench session's bound (pytest -m timing -p no:xdist): the test above under BENCHMARK_BUDGET_S."""
+    assert benchmark.enabled, "a timing test runs with pytest-benchmark enabled: pytest -m timing -p no:xdist"
+    benchmark.pedantic(assert_converges_faster, args=(seed_cnn(), d28), kwargs={"seeds": 3}, rounds=1, iterations=1)
+    assert benchmark.stats.stats.max < BENCHMARK_BUDGET_S
 
 
 def test_digits_cnn_converges_faster_and_user_model_unchanged(d8):
