@@ -12,6 +12,18 @@ def _fmt(v: float) -> str:
     return f"{v:.6g}"
 
 
+def deviation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest |a − b| (inf where one is NaN and the other is not); inf when the shapes differ."""
+    a = a.detach().to("cpu", torch.float64)
+    b = b.detach().to("cpu", torch.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    if a.numel() == 0:
+        return 0.0
+    same = (a == b) | (a.isnan() & b.isnan())
+    return float(torch.where(same, 0.0, (a - b).abs().nan_to_num(nan=float("inf"))).max())
+
+
 def _index(shape, flat: int, axes: Sequence[str]) -> str:
     idx = []
     for size in reversed(shape):
@@ -22,10 +34,12 @@ def _index(shape, flat: int, axes: Sequence[str]) -> str:
     return ", ".join(f"{n}={i}" for n, i in zip(names, idx)) or "scalar"
 
 
-def _close(got: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> torch.Tensor:
-    """Elementwise closeness; NaN/inf in `got` where `expected` is finite never counts as close."""
+def _close(got: torch.Tensor, expected: torch.Tensor, tol: Tolerance, equal_nan: bool = False) -> torch.Tensor:
+    """Elementwise closeness; NaN/inf in `got` where `expected` is finite never counts as close (NaN where
+    `expected` has NaN does, with equal_nan)."""
     diff = (got - expected).abs()
-    return (diff <= tol.atol + tol.rtol * expected.abs()) | (got == expected)
+    close = (diff <= tol.atol + tol.rtol * expected.abs()) | (got == expected)
+    return close | (got.isnan() & expected.isnan()) if equal_nan else close
 
 
 def matches(got: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> bool:
@@ -37,18 +51,22 @@ def matches(got: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> bool:
 
 def check_close(got, expected, *, where: str, quantity: str, tol: Tolerance, cause: str,
                 hypotheses: Sequence[tuple[str, Callable[[], torch.Tensor | None]]] = (),
-                axes: Sequence[str] = ("channel",)) -> None:
+                axes: Sequence[str] = ("channel",), reference: torch.Tensor | None = None,
+                equal_nan: bool = False) -> None:
     """Raise BNCheckError unless `got` ≈ `expected` (the oracle's float64 value).
 
-    `hypotheses` are (cause, what a known bug would give, computed only on failure): the first that `got`
-    matches names the likely cause.
+    `reference` is what torch's own computation gives on the same input: `tol` widens by its deviation from
+    `expected`, so no layer is held to a bound torch itself misses. `hypotheses` are (cause, what a known bug
+    would give, computed only on failure): the first that `got` matches names the likely cause.
     """
     got64 = got.detach().to("cpu", torch.float64)
     exp64 = expected.detach().to("cpu", torch.float64)
     if got64.shape != exp64.shape:
         raise BNCheckError(f"{where}: {quantity} has shape {tuple(got64.shape)}, expected {tuple(exp64.shape)}. "
                            f"Likely cause: {cause}")
-    close = _close(got64, exp64, tol)
+    if reference is not None:
+        tol = tol.allowing(deviation(reference, exp64))
+    close = _close(got64, exp64, tol, equal_nan)
     if bool(close.all()):
         return
     diff = (got64 - exp64).abs().nan_to_num(nan=float("inf"))

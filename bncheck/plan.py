@@ -2,6 +2,7 @@
 
 The user's model is only ever cloned: the work happens on a copy moved to the chosen device."""
 
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,10 +13,11 @@ from . import lints
 from .capture import capture
 from .checks import LAYER_CHECKS
 from .discover import find_batchnorms, kind_of
-from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, one_line
+from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
+from .harness import nonfinite
 from .model_checks import MODEL_CHECKS
 from .spec import Loaded
-from .state import clone
+from .state import clone, materialized
 from .syncbn import check_model_layer, syncbn_targets
 from .tolerances import LOW_PRECISION, dtype_name
 
@@ -50,8 +52,21 @@ class Case:
     run: Callable[[], None]
 
 
+_SEVERAL_INPUTS = (" (a model that takes several inputs needs them as a tuple: a factory returning (module, "
+                   "(input1, input2, ...)), or an `example_input` tuple attribute)")
+SLICE_SAMPLES, SLICE_POSITIONS = 4, 32
+
+
 def layer_label(name: str) -> str:
     return name or "<model>"
+
+
+def representative(x: torch.Tensor) -> torch.Tensor:
+    """The leading slice of a captured input that the per-layer checks run on: at most SLICE_SAMPLES samples and
+    SLICE_POSITIONS positions along each spatial dim, all channels. BN's contract holds for every batch, so a slice
+    of the real input tests a layer as well as the whole does, with the real values, at a bounded cost (a detector's
+    512 RoIs per image, a video model's (8, 64, 13, 105, 105))."""
+    return x[(slice(0, SLICE_SAMPLES), slice(None)) + (slice(0, SLICE_POSITIONS),) * (x.dim() - 2)].clone()
 
 
 class Plan:
@@ -60,12 +75,32 @@ class Plan:
         self._shape_option = shape_option  # how the front end asks for an input shape, for its error message
         self.model = loaded.model  # the user's object: never run, never modified
         self.settings = settings
-        self.example = self._example(loaded.example_input, settings)
         self.work = clone(self.model).to(settings.device)
+        self.example = self._example(loaded.example_input, settings)
         self.layers = find_batchnorms(self.model)
         self.train_error = None  # why the model does not run in train mode on the example input, if it does not
         try:
-            captured = capture(self.work, self.example)
+            captured = self._capture()
+        except BNCheckUsageError as exc:
+            shapes = [tuple(t.shape) for t in (self.example if isinstance(self.example, tuple) else (self.example,))]
+            hint = "" if isinstance(self.example, tuple) else _SEVERAL_INPUTS
+            raise BNCheckUsageError(f"{self.spec}: {exc} (example input {', '.join(map(str, shapes))}){hint}"
+                                    ) from None
+        self.inputs = {name: representative(x) for name, x in captured.inputs.items()}
+        self.producers = captured.producers
+        self.output = captured.output
+        # The first BN (in forward order) whose input is not finite: every check of it and after it would fail.
+        self.nonfinite = next(((name, x) for name, x in captured.inputs.items() if not bool(x.isfinite().all())),
+                              None)
+
+    def _capture(self):
+        """The BN layers' inputs in one forward pass of a copy (Lazy parameters materialized first, in place)."""
+        try:
+            materialized(self.work, self.example)
+        except Exception as exc:
+            raise BNCheckUsageError(f"the model rejected the example input: {one_line(exc)}") from exc
+        try:
+            return capture(self.work, self.example)
         except BNCheckUsageError as exc:
             # A model that needs more than an input in train mode (a detector wants targets) still runs in eval
             # mode: its BN layers' inputs come from there, and the checks that must train it skip.
@@ -76,9 +111,7 @@ class Plan:
             except BNCheckUsageError:
                 raise exc from None
             self.train_error = one_line(exc.__cause__ or exc)
-        self.inputs = captured.inputs
-        self.producers = captured.producers
-        self.output = captured.output
+            return captured
 
     def _example(self, given, settings: Settings):
         if settings.input_shape is not None:
@@ -88,9 +121,12 @@ class Plan:
             raise BNCheckUsageError(f"{self.spec}: no input shape: pass {self._shape_option}C,H,W "
                                     f"(one sample, without the batch dim), give the model an `example_input` "
                                     f"attribute, or return (module, example_input) from the factory")
-        if isinstance(given, tuple):
-            return tuple(t.to(settings.device) for t in given)
-        return given.to(settings.device)
+        # A model held in float64 (or half) gets its input in that dtype, as its user would feed it.
+        dtype = next((t.dtype for t in [*self.work.parameters(), *self.work.buffers()] if t.is_floating_point()),
+                     None)
+        def to(t):
+            return t.to(settings.device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
+        return tuple(map(to, given)) if isinstance(given, tuple) else to(given)
 
     def header(self) -> str:
         kinds = Counter(kind_of(m).split(",")[0] for m in self.layers.values())
@@ -102,6 +138,8 @@ class Plan:
     def cases(self) -> list[Case]:
         if not self.layers:
             return [Case("no_batchnorm", None, self._no_batchnorm)]
+        if self.nonfinite is not None:
+            return [Case("finite_input", self.nonfinite[0], self._nonfinite)]
         cases = [Case(f"{check}[{layer_label(name)}]", name, self._layer_check(check, name))
                  for name in self.layers for check in LAYER_CHECKS]
         cases += [Case(f"model_{check}", None, self._model_check(check)) for check in MODEL_CHECKS]
@@ -150,6 +188,13 @@ class Plan:
                               seed=self.settings.seed)
         return run
 
+    def _nonfinite(self):
+        name, x = self.nonfinite
+        raise BNCheckError(f"{self.spec}: {layer_label(name)} ({kind_of(self.work.get_submodule(name))}): "
+                           f"{nonfinite(x)} in the forward pass on the example input, so no check can judge it or "
+                           f"any layer after it. Likely cause: the model produces NaN/inf before this layer (an "
+                           f"overflow, a log or division of zero, uninitialized weights); check the layers before it")
+
     def _no_batchnorm(self):
         raise BNCheckSkip(f"{self.spec}: no BatchNorm layer found (torch BN, Lazy, Sync, frozen or BN-like)")
 
@@ -162,8 +207,14 @@ class Plan:
             if check == "dtype":
                 low = self.settings.dtype
                 kwargs["dtypes"] = (low,) if low in LOW_PRECISION else LOW_PRECISION
-            LAYER_CHECKS[check](self.work.get_submodule(name), x, name=layer_label(name), seed=self.settings.seed,
-                                **kwargs)
+            with warnings.catch_warnings():
+                if self.settings.strict:
+                    warnings.simplefilter("error", BNCheckWarning)
+                try:
+                    LAYER_CHECKS[check](self.work.get_submodule(name), x, name=layer_label(name),
+                                        seed=self.settings.seed, **kwargs)
+                except BNCheckWarning as exc:
+                    raise BNCheckError(f"{exc} (a warning: it fails under --bncheck-strict)") from None
         return run
 
     def _model_check(self, check: str):

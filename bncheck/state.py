@@ -36,6 +36,14 @@ def materialized(module: nn.Module, example_input) -> nn.Module:
     return module
 
 
+def without_extensions(bn: nn.Module) -> nn.Module:
+    """`bn` (a copy: this edits it) with its child modules replaced by nn.Identity: the activation or dropout a
+    'BN + act' layer (timm's BatchNormAct2d) carries is an extension of BN, not part of its contract."""
+    for child in list(bn._modules):
+        bn._modules[child] = nn.Identity()
+    return bn
+
+
 @contextlib.contextmanager
 def private_rng(seed: int | None = None, device: torch.device | str | None = None):
     """A block whose random numbers leave the caller's generators as they were: the CPU's, and `device`'s when

@@ -422,8 +422,8 @@ class GammaDetached(ScratchBN):
 # --- number formats and memory layouts ---------------------------------------------------------------------
 
 class HalfOutputUpcast(nn.BatchNorm2d):
-    """Upcasts half input to float32 for stability and returns float32."""
-    caught_by, rank, diagnosis = "dtype", 4, "not cast back to the input dtype"
+    """Upcasts half input to float32 and returns float32: right values, a warning (a failure under strict)."""
+    caught_by, rank, diagnosis, warns = "dtype", 4, "cast the output back to the input dtype", True
 
     def forward(self, x):
         return super().forward(x.float() if x.dtype in LOW_PRECISION else x)

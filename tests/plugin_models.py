@@ -84,15 +84,27 @@ flipped.example_input = _x(4, 3, 8, 8)
 
 
 class NoBFloat16BN(nn.BatchNorm2d):
-    """Broken in bfloat16 only: its output comes back as float32 (float16 is fine)."""
+    """Broken in bfloat16 only: it normalizes with the running statistics in train mode (float16 is fine)."""
 
     def forward(self, x):
-        y = super().forward(x.float() if x.dtype == torch.bfloat16 else x)
-        return y
+        if x.dtype == torch.bfloat16:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
 
 
 no_bf16 = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), NoBFloat16BN(4))
 no_bf16.example_input = _x(4, 3, 8, 8)
+
+
+class PromotingBN(nn.BatchNorm2d):
+    """Right values, but float32 output for half input (computes in float32 and never casts back)."""
+
+    def forward(self, x):
+        return super().forward(x.float())
+
+
+promotes = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), PromotingBN(4))
+promotes.example_input = _x(4, 3, 8, 8)
 
 # Lints: a conv with a bias feeding BN, Keras's momentum, frozen γ/β in train mode.
 biased = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4))
@@ -143,3 +155,45 @@ class Detector(nn.Module):
 
 detector = Detector()
 detector.example_input = _x(3, 3, 8, 8)
+
+
+# False alarms that must not happen (issue 11): a float64 model, a model whose activations overflow before a BN,
+# a Lazy model, a model of two inputs given through the factory form.
+double = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                       nn.LazyLinear(5), nn.BatchNorm1d(5)).double()
+double.example_input = _x(4, 3, 8, 8).double()
+
+
+class Overflow(nn.Module):
+    """inf before its second BN (exp of large activations): nothing after it can be judged."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn0, self.conv = nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, bias=False)
+        self.bn1, self.bn2 = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn2(self.bn1(torch.exp(1e3 * self.conv(self.bn0(x)))))
+
+
+overflow = Overflow()
+overflow.example_input = _x(4, 3, 8, 8)
+
+lazy = nn.Sequential(nn.LazyConv2d(4, 3, bias=False), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+lazy.example_input = _x(4, 3, 8, 8)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)), nn.BatchNorm2d(3)
+
+    def forward(self, x, y):
+        return self.a(x).mean((2, 3)) + self.b(y).mean((1, 2, 3))[:, None]
+
+
+two_inputs = TwoInputs()
+
+
+def two_inputs_factory():
+    return TwoInputs(), (_x(4, 3, 8, 8), _x(4, 3, 8, 8, seed=1))

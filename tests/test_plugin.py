@@ -243,7 +243,15 @@ def test_dtype_option_picks_the_dtype_checks_dtype(bnmodels, dtype, outcome):
     result.stdout.fnmatch_lines([f"bncheck: bnmodels:no_bf16 on *, {dtype or 'float32'}, *"])
     assert outcomes_by_id(result) == {"bncheck[bnmodels:no_bf16]::dtype[1]": outcome}
     if outcome == "failed":
-        result.stdout.fnmatch_lines(["*bfloat16*float32*"])
+        result.stdout.fnmatch_lines(["*bfloat16 input, train mode: output differs*"])
+
+
+@pytest.mark.parametrize("strict, outcome", [(False, "passed"), (True, "failed")])
+def test_an_output_in_another_dtype_warns_and_fails_only_under_strict(bnmodels, strict, outcome):
+    args = ["--bncheck-strict"] if strict else []
+    result = bnmodels.runpytest("--bncheck-model=bnmodels:promotes", *args, "-k", "dtype")
+    assert outcomes_by_id(result) == {"bncheck[bnmodels:promotes]::dtype[1]": outcome}
+    result.stdout.fnmatch_lines(["*returns float32 for float16 input (its values are right)*"])
 
 
 # --- ini settings ---------------------------------------------------------------------------------------------------

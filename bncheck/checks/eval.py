@@ -8,8 +8,9 @@ from .. import oracle
 from ..capture import forward
 from ..compare import check_close, fail
 from ..discover import find_batchnorms
-from ..errors import BNCheckSkip, BNCheckUsageError
+from ..errors import BNCheckSkip, BNCheckUsageError, one_line
 from ..harness import LayerCase, params, run
+from ..reference import torch_output
 from ..state import Snapshot, clone
 from ..threads import single_threaded
 from ..tolerances import tolerance
@@ -34,10 +35,11 @@ def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
                 hypotheses = [("eval mode normalizes with the batch statistics instead of the running ones", batch)]
             else:
                 expected, hypotheses = batch(), []
+            reference = torch_output(twin, probe.x, train=not case.tracks, eps=case.eps)
             y = run(twin, probe.x, train=train)
             check_close(y, expected, where=case.where(probe, "train mode" if train else "eval mode"),
                         quantity="output", tol=tolerance(probe.x.dtype), axes=("sample", "channel"),
-                        hypotheses=hypotheses,
+                        hypotheses=hypotheses, reference=reference,
                         cause="eval mode does not normalize with the running statistics and the layer's eps")
 
 
@@ -85,6 +87,27 @@ def _per_sample(model: nn.Module, x, n: int) -> list[list[torch.Tensor]]:
     return [[t[i:i + 1] for t in _floats(out)] for i in range(n)]
 
 
+_BATCH_STATS_IN_EVAL = ("eval mode still uses batch statistics somewhere (a layer left in train mode, a functional "
+                        "batch_norm with training=True, or track_running_stats=False)")
+
+
+def _shapes(per_sample: list[list[torch.Tensor]]) -> list[list[torch.Size]]:
+    return [[t.shape for t in sample] for sample in per_sample]
+
+
+def _in_float64(model: nn.Module, x, like: list[list[torch.Tensor]]) -> list[list[torch.Tensor]] | None:
+    """The eval outputs per sample of a float64 copy of the model on x in float64: what the same computation
+    gives without float32 rounding, which grows with depth and width; None where the model does not run in it or
+    its outputs are not shaped `like` the float32 ones."""
+    as64 = lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+    try:
+        outs = _per_sample(clone(model).double().eval(), tuple(map(as64, x)) if isinstance(x, tuple) else as64(x),
+                           len(like))
+    except Exception:  # any failure only means there is no float64 reference
+        return None
+    return outs if _shapes(outs) == _shapes(like) else None
+
+
 @single_threaded
 def assert_eval_single_sample(model: nn.Module, x, *, name: str = "", seed: int = 0, samples: int = 4) -> None:
     """In eval mode one sample alone gives the same output as inside the batch (a layer or a whole model)."""
@@ -103,8 +126,12 @@ def assert_eval_single_sample(model: nn.Module, x, *, name: str = "", seed: int 
         twin = clone(model)
     twin.eval()
     batch = _per_sample(twin, x, n)
+    precise = _in_float64(twin, x, batch)
     for i in range(min(samples, n)):
-        (alone,) = _per_sample(twin, _sample(x, i, n), 1)
+        try:
+            (alone,) = _per_sample(twin, _sample(x, i, n), 1)
+        except Exception as exc:  # "Expected more than 1 value per channel when training": batch statistics
+            raise fail(where, f"eval mode, sample {i} alone raised {one_line(exc)}", _BATCH_STATS_IN_EVAL) from exc
         if [a.shape for a in alone] != [b.shape for b in batch[i]]:
             raise fail(where, f"sample {i} alone gave outputs shaped {[tuple(a.shape) for a in alone]}, inside "
                               f"the batch {[tuple(b.shape) for b in batch[i]]}",
@@ -112,6 +139,5 @@ def assert_eval_single_sample(model: nn.Module, x, *, name: str = "", seed: int 
         for k, (a, b) in enumerate(zip(alone, batch[i])):
             check_close(a, b, where=f"{where}, eval mode, sample {i} alone vs in a batch of {n}",
                         quantity=f"output {k}" if len(alone) > 1 else "output", tol=tolerance(b.dtype),
-                        axes=("sample", "channel"),
-                        cause="eval mode still uses batch statistics somewhere (a layer left in train mode, a "
-                              "functional batch_norm with training=True, or track_running_stats=False)")
+                        axes=("sample", "channel"), reference=None if precise is None else precise[i][k],
+                        cause=_BATCH_STATS_IN_EVAL)

@@ -1,48 +1,60 @@
 """Number formats and memory layouts: low-precision inputs and channels_last give the contract's results."""
 
+import warnings
+
 import torch
 
 from .. import oracle
-from ..compare import check_close, fail
-from ..errors import BNCheckSkip
+from ..compare import check_close, deviation, fail
+from ..errors import BNCheckSkip, BNCheckWarning
 from ..harness import LayerCase, params, run
+from ..reference import torch_batch_norm, torch_output
 from ..threads import single_threaded
-from ..tolerances import LOW_PRECISION, runs_batch_norm, tolerance
+from ..tolerances import LOW_PRECISION, dtype_name, runs_batch_norm, tolerance
 
 
 @single_threaded
 def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISION) -> None:
-    """float16/bfloat16 input gives output of the input dtype, within that dtype's tolerance of the oracle,
-    while float32 running statistics and γ/β stay float32. A frozen BN, whose γ, β and statistics are plain
-    buffers that type promotion would widen, is checked as users run it: cast to the input dtype."""
+    """float16/bfloat16 input gives values within that dtype's tolerance of the oracle (widened by what torch's own
+    BN achieves on the same input and state), while float32 running statistics and γ/β stay float32. An output in
+    another dtype than the input's is a BNCheckWarning, not a failure. The layer runs with float32 state, as mixed
+    precision runs it (a float64 layer too); a frozen BN, whose γ, β and statistics are plain buffers that type
+    promotion would widen, is cast to the input dtype, as users run it."""
     case = LayerCase(layer, name, x, seed)
     usable = [d for d in dtypes if runs_batch_norm(str(x.device), d)]
     if not usable:
         raise BNCheckSkip(f"{case.title}: torch runs no BN in {', '.join(map(str, dtypes))} on {x.device}")
+    promoted = {}
     for dtype in usable:
         for probe in case.inputs:
             xs = probe.x.to(dtype)
             for train in ([False] if case.frozen else [True, False]):
-                twin = case.fresh(dtype if case.frozen else None)
+                twin = case.fresh(dtype if case.frozen else torch.float32)
                 weight, bias = params(twin)
                 where = case.where(probe, f"{dtype} input", "train mode" if train else "eval mode")
+                reference = torch_output(twin, xs, train=train, eps=case.eps)
                 y = run(twin, xs, train=train)
                 if y.dtype != dtype:
-                    raise fail(where, f"output dtype is {y.dtype}, expected the input's {dtype}",
-                               "the output is not cast back to the input dtype")
+                    promoted.setdefault(dtype, y.dtype)
                 if train or not case.tracks:
                     expected = oracle.train_forward(xs, case.eps, weight, bias)
                 else:
                     expected = oracle.eval_forward(xs, twin.running_mean, twin.running_var, case.eps, weight, bias)
                 check_close(y, expected, where=where, quantity="output", tol=tolerance(dtype),
-                            axes=("sample", "channel"), cause="low-precision arithmetic in the statistics "
-                            "(accumulate in float32), or the wrong statistics for this dtype")
+                            axes=("sample", "channel"), reference=reference,
+                            cause="low-precision arithmetic in the statistics (accumulate in float32), or the wrong "
+                                  "statistics for this dtype")
                 for key in ("running_mean", "running_var", "weight", "bias"):
                     t = getattr(twin, key, None)
                     if isinstance(t, torch.Tensor) and t.dtype != torch.float32 and not case.frozen:
                         raise fail(where, f"{key} became {t.dtype}, expected float32",
                                    "state cast to the input dtype: running statistics lose precision (and "
                                    "overflow in float16)")
+    for dtype, got in promoted.items():
+        warnings.warn(BNCheckWarning(
+            f"{case.title}: returns {dtype_name(got)} for {dtype_name(dtype)} input (its values are right). "
+            f"Likely cause: type promotion against its float32 γ, β or statistics; a .half() model then carries "
+            f"{dtype_name(got)} activations after this layer: cast the output back to the input dtype"), stacklevel=3)
 
 
 @single_threaded
@@ -56,13 +68,20 @@ def assert_memory_format(layer, x, *, name: str = "", seed: int = 0) -> None:
         for train in ([False] if case.frozen else [True, False]):
             where = case.where(probe, "channels_last", "train mode" if train else "eval mode")
             plain, strided = case.fresh(), case.fresh()
-            expected = run(plain, probe.x.contiguous(), train=train)
-            got = run(strided, probe.x.contiguous(memory_format=fmt), train=train)
-            tol = tolerance(probe.x.dtype)
+            contiguous, channels_last = probe.x.contiguous(), probe.x.contiguous(memory_format=fmt)
+            # torch's own kernels differ between the two layouts (a wide 3-D input: 1e-3): allow what they show
+            references = [torch_batch_norm(plain, t, train=train, eps=case.eps, momentum=case.momentum)
+                          for t in (contiguous, channels_last)]
+            expected = run(plain, contiguous, train=train)
+            got = run(strided, channels_last, train=train)
             cause = "the layer reads memory as if contiguous (ignores strides) or reduces over the wrong dims"
-            check_close(got, expected, where=where, quantity="output vs contiguous input", tol=tol,
-                        axes=("sample", "channel"), cause=cause)
+            comparisons = [("output", got, expected)]
             if case.tracks and train:
-                for key in ("running_mean", "running_var"):
-                    check_close(getattr(strided, key), getattr(plain, key), where=where,
-                                quantity=f"{key} vs contiguous input", tol=tol, cause=cause)
+                comparisons += [(key, getattr(strided, key), getattr(plain, key))
+                                for key in ("running_mean", "running_var")]
+            for k, (quantity, a, b) in enumerate(comparisons):
+                tol = tolerance(probe.x.dtype)
+                if None not in references:
+                    tol = tol.allowing(deviation(references[1][k], references[0][k]))
+                check_close(a, b, where=where, quantity=f"{quantity} vs contiguous input", tol=tol,
+                            axes=("sample", "channel") if k == 0 else ("channel",), cause=cause)

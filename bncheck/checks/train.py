@@ -5,6 +5,7 @@ import torch
 from .. import oracle
 from ..compare import check_close, fail
 from ..harness import LayerCase, params, run
+from ..reference import torch_output
 from ..threads import single_threaded
 from ..tolerances import tolerance
 
@@ -22,15 +23,19 @@ def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
                 weight.fill_(1.0)
             if bias is not None:
                 bias.zero_()
+        reference = torch_output(twin, probe.x, train=True, eps=case.eps)
+        ref_stats = None if reference is None else oracle.batch_stats(reference)
         y = run(twin, probe.x, train=True)
         stats_in, stats_out = oracle.batch_stats(probe.x), oracle.batch_stats(y)
         tol = tolerance(probe.x.dtype)
         cause = "the layer does not standardize each channel over N and the spatial dims (dims other than 1)"
         check_close(stats_out.mean, torch.zeros_like(stats_out.mean), where=case.where(probe),
                     quantity="per-channel mean of the output (γ=1, β=0)", tol=tol,
+                    reference=None if ref_stats is None else ref_stats.mean,
                     cause=cause + ", or does not subtract the batch mean")
         check_close(stats_out.var.sqrt(), (stats_in.var / (stats_in.var + case.eps)).sqrt(), where=case.where(probe),
                     quantity="per-channel std of the output (γ=1, β=0)", tol=tol,
+                    reference=None if ref_stats is None else ref_stats.var.sqrt(),
                     cause=cause + ", or does not divide by sqrt(var + eps)")
 
 
@@ -63,10 +68,11 @@ def assert_batch_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
             ("statistics over the batch dim only (per position), not over the spatial dims too",
              lambda: _normalized_over(xp, [0], eps, weight, bias)),
         ]
+        reference = torch_output(twin, xp, train=True, eps=eps)
         y = run(twin, probe.x, train=True)
         check_close(y, oracle.train_forward(xp, eps, weight, bias), where=case.where(probe, "train mode"),
                     quantity="output", tol=tolerance(probe.x.dtype), axes=("sample", "channel"),
-                    hypotheses=hypotheses,
+                    hypotheses=hypotheses, reference=reference,
                     cause="wrong batch statistics: reduction over the wrong dims, a wrong variance, or eps misplaced")
 
 

@@ -1,0 +1,295 @@
+"""Correct models bncheck once failed (issue 11), one class each: the correct model passes, and a mutant of the
+same shape still fails. The zoo (tests/zoo/) proves the same on real model libraries."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from correct_layers import BatchNormAct2d
+from mutants import ScratchBN
+from test_plugin import outcomes_by_id
+from torch import nn
+
+from bncheck import (
+    LAYER_CHECKS,
+    MODEL_CHECKS,
+    BNCheckError,
+    BNCheckSkip,
+    BNCheckUsageError,
+    assert_batch_stats,
+    assert_dtype,
+    assert_eval_no_state_change,
+    assert_eval_single_sample,
+    assert_fusion_matches,
+    assert_memory_format,
+    assert_state_dict_roundtrip,
+)
+from bncheck.state import Snapshot
+from bncheck.tolerances import Tolerance
+
+
+def _x(*shape, seed=0, offset=0.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) + offset
+
+
+def _run_all_model_checks(model, x) -> dict[str, str]:
+    """check -> 'passed' | 'skipped' for every model check; a BNCheckError propagates."""
+    outcomes = {}
+    for check, fn in MODEL_CHECKS.items():
+        try:
+            fn(model, x, name="model")
+            outcomes[check] = "passed"
+        except BNCheckSkip:
+            outcomes[check] = "skipped"
+    return outcomes
+
+
+# 1. fusion compares like with like: a BN + activation layer is fused without its activation -----------------------
+
+class EvalEpsOutsideSqrtAct(BatchNormAct2d):
+    """Eval mode divides by sqrt(running_var) + eps: the fused map (eps inside) differs."""
+
+    def forward(self, x):
+        if self.training:
+            return super().forward(x)
+        y = (x - self.running_mean[:, None, None]) / (self.running_var[:, None, None].sqrt() + self.eps)
+        return self.act(y * self.weight[:, None, None] + self.bias[:, None, None])
+
+
+def _conv_bn_act(bn):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), bn).eval()
+    with torch.no_grad():  # statistics of a trained model: var near eps makes a misplaced eps visible
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+        bn.running_var.copy_(torch.tensor([1e-3, 2.0, 0.5, 1e-2]))
+        bn.eps = 1e-3
+    return model
+
+
+def test_fusion_of_a_bn_act_layer_compares_like_with_like():
+    assert_fusion_matches(_conv_bn_act(BatchNormAct2d(4, nn.ReLU())), _x(4, 3, 8, 8), name="bnact")
+    with pytest.raises(BNCheckError, match="0 fused with 1"):
+        assert_fusion_matches(_conv_bn_act(EvalEpsOutsideSqrtAct(4, nn.ReLU())), _x(4, 3, 8, 8), name="mutant")
+
+
+# 2. Lazy models: materializing is set-up, not a state change --------------------------------------------------------
+
+class UpdatesInEval(nn.BatchNorm2d):
+    """Moves its running mean in eval mode too."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        if not self.training:
+            with torch.no_grad():
+                self.running_mean.add_(0.1)
+        return y
+
+
+def test_lazy_models_pass_every_model_check_and_are_left_lazy():
+    model = nn.Sequential(nn.LazyConv2d(4, 3, bias=False), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(),
+                          nn.LazyLinear(3), nn.LazyBatchNorm1d())
+    before = Snapshot.of(model)
+    outcomes = _run_all_model_checks(model, _x(4, 3, 8, 8))
+    assert outcomes["eval_state"] == outcomes["state_dict_roundtrip"] == outcomes["fusion"] == "passed", outcomes
+    assert before.differences(model) == []
+    assert any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters())
+    mutant = nn.Sequential(nn.LazyConv2d(4, 3, bias=False), UpdatesInEval(4))
+    with pytest.raises(BNCheckError, match="a forward changed the model"):
+        assert_eval_no_state_change(mutant, _x(4, 3, 8, 8), name="mutant")
+
+
+# 3. an output in another dtype is a warning when its values are right ------------------------------------------------
+
+class Float32Compute(ScratchBN):
+    """Computes in float32 and returns float32 for half input (plain type promotion): right values."""
+
+    def forward(self, x):
+        return super().forward(x.float())
+
+
+class Float32ComputeWrongEps(ScratchBN):
+    """Computes in float32 but adds eps outside the sqrt: wrong values."""
+
+    def forward(self, x):
+        x = x.float()
+        if not self.training:
+            return super().forward(x)
+        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+        y = (x - mean[:, None, None]) / (var[:, None, None].sqrt() + self.eps)
+        return y * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def test_a_float32_result_for_half_input_warns_and_wrong_values_still_fail():
+    x = _x(4, 3, 5, 5)
+    with pytest.warns(match="returns float32 for float16 input"):
+        assert_dtype(Float32Compute(3), x, name="promotes")
+    with warnings.catch_warnings(), pytest.raises(BNCheckError, match="float16 input, train mode: output differs"):
+        warnings.simplefilter("ignore")
+        assert_dtype(Float32ComputeWrongEps(3, eps=1e-1), x, name="wrong")
+
+
+# 4. no layer is held to a bound torch's own BN misses: every affine x track_running_stats x dtype --------------------
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("track", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_batchnorm_passes_the_dtype_check_in_every_configuration(affine, track, dtype):
+    for x in (_x(8, 16, 6, 6, offset=3.0), _x(8, 16, offset=-20.0)):
+        bn = (nn.BatchNorm2d if x.dim() == 4 else nn.BatchNorm1d)(16, affine=affine, track_running_stats=track)
+        assert_dtype(bn, x, name=f"affine={affine}, track={track}", dtypes=(dtype,))
+
+
+def test_the_reference_bound_is_reported_and_a_half_precision_mutant_still_fails():
+    """Torch's half-precision path widens the bound; a layer that normalizes in float16 without float32
+    accumulation on large offsets is still far outside it."""
+
+    class HalfVariance(nn.BatchNorm2d):
+        """Computes the variance as E[x²] − E[x]² in the input dtype: catastrophic cancellation."""
+
+        def forward(self, x):
+            if not self.training or x.dtype == torch.float32:
+                return super().forward(x)
+            mean = x.mean((0, 2, 3), keepdim=True)
+            var = (x * x).mean((0, 2, 3), keepdim=True) - mean * mean
+            y = (x - mean) / (var.clamp_min(0) + self.eps).sqrt()
+            return (y * self.weight.to(x.dtype)[:, None, None] + self.bias.to(x.dtype)[:, None, None])
+
+    with pytest.raises(BNCheckError, match="float16 input, train mode: output differs"):
+        assert_dtype(HalfVariance(16), _x(8, 16, 6, 6, offset=3.0), name="half", dtypes=(torch.float16,))
+    assert "torch's own deviation" in str(Tolerance(1e-2, 1e-2).allowing(0.02))
+    assert Tolerance(1e-2, 1e-2).allowing(float("nan")) == Tolerance(1e-2, 1e-2)
+
+
+# 5. the state_dict round trip: NaN where NaN is, a gentle step, a skip when nothing is finite ----------------------
+
+class PartlyNaN(nn.Module):
+    """A correct BN model whose output is NaN by design in one column (log of a negative constant)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.bn = nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        y = self.bn(self.lin(x))
+        return torch.cat([y, torch.log(-torch.ones_like(y[:, :1]))], dim=1)
+
+
+class Exploding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.bn = nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.bn(self.lin(x)) * float("inf") if not self.training else self.bn(self.lin(x))
+
+
+class StatsAsAttributes(nn.Module):
+    """Keeps a running mean as a plain attribute that the state_dict does not hold (the mutant)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.bn = nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3)
+        self.shift = torch.zeros(3)
+
+    def forward(self, x):
+        y = self.bn(self.lin(x))
+        if self.training:
+            self.shift = self.shift + self.lin(x).detach().mean(0)
+        return y + self.shift
+
+
+def test_state_dict_roundtrip_treats_nan_as_nan_and_skips_when_nothing_is_finite():
+    assert_state_dict_roundtrip(PartlyNaN(), _x(8, 4), name="partly-nan")
+    with pytest.raises(BNCheckSkip, match="not finite anywhere"):
+        assert_state_dict_roundtrip(Exploding(), _x(8, 4), name="exploding")
+    with pytest.raises(BNCheckError, match="not in the state_dict"):
+        assert_state_dict_roundtrip(StatsAsAttributes(), _x(8, 4), name="mutant")
+
+
+# 6. non-finite input: one clear error naming the first BN, nothing else blamed --------------------------------------
+
+def test_a_non_finite_input_is_one_error_naming_the_first_bn(bnmodels):
+    result = bnmodels.runpytest("--bncheck-model=bnmodels:overflow")
+    assert outcomes_by_id(result) == {"bncheck[bnmodels:overflow]::finite_input": "failed"}
+    result.stdout.fnmatch_lines(["*bnmodels:overflow: bn1 (BatchNorm2d): the input (4, 4, 6, 6) holds * NaN and "
+                                 "* inf of 576 values in the forward pass*"])
+    with pytest.raises(BNCheckUsageError, match="holds 1 NaN and 0 inf"):
+        assert_batch_stats(nn.BatchNorm1d(3), torch.tensor([[1.0, 2.0, float("nan")], [0.0, 1.0, 2.0]]))
+
+
+# 7. bounds that grow with depth and width: the float64 model is the reference -------------------------------------
+
+class RoundsWithTheBatch(nn.Module):
+    """Correct in exact arithmetic (x − m + m = x, samples independent), but float32 rounding depends on the
+    batch's mean m: a deep or wide model's rounding, in miniature."""
+
+    def __init__(self, batch_stats_in_eval: bool = False):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(6)
+        self.batch_stats_in_eval = batch_stats_in_eval  # the mutant: F.batch_norm(training=True) in eval mode
+
+    def forward(self, x):
+        m = 3e4 * x.mean(0, keepdim=True)
+        bn = self.bn
+        return F.batch_norm(x - m + m, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                            bn.training or self.batch_stats_in_eval, bn.momentum, bn.eps)
+
+
+def test_eval_single_sample_allows_what_float32_rounding_shows_against_float64():
+    x = _x(8, 6, offset=0.5)
+    model = RoundsWithTheBatch().eval()
+    assert_eval_single_sample(model, x, name="rounding")
+    with pytest.raises(BNCheckError, match="sample 0 alone raised ValueError: Expected more than 1 value"):
+        assert_eval_single_sample(RoundsWithTheBatch(batch_stats_in_eval=True), x, name="rounding")
+    with pytest.raises(BNCheckError, match="sample 0 alone vs in a batch of 8"):
+        assert_eval_single_sample(RoundsWithTheBatch(batch_stats_in_eval=True), _x(8, 6, 3), name="rounding")
+
+
+def test_deep_float64_reference_is_skipped_quietly_where_the_model_cannot_run_in_float64():
+    class Float32Only(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.bn(F.linear(x, torch.eye(3)))  # float32 weights made on the fly: float64 input fails
+
+    assert_eval_single_sample(Float32Only().eval(), _x(8, 3), name="float32-only")
+
+
+# 8. a float64 model: every check runs ------------------------------------------------------------------------------
+
+def test_a_float64_model_passes_every_item(bnmodels):
+    result = bnmodels.runpytest("--bncheck-model=bnmodels:double", "-p", "no:warnings")
+    outcomes = outcomes_by_id(result)
+    assert outcomes["bncheck[bnmodels:double]::dtype[1]"] == "passed"
+    assert "failed" not in outcomes.values(), result.stdout.str()[-3000:]
+
+
+def test_every_layer_check_passes_torch_batchnorm_in_float64():
+    x = _x(6, 4, 5, 5).double()
+    for check in LAYER_CHECKS.values():
+        try:
+            check(nn.BatchNorm2d(4).double(), x, name="float64")
+        except BNCheckSkip:
+            pass
+
+
+# 9. torch's own channels_last kernel sets the bar -------------------------------------------------------------------
+
+def test_torch_batchnorm3d_channels_last_passes_where_its_kernel_rounds_differently():
+    """On large offsets torch's channels_last_3d kernel is 4e-3 off its contiguous one: not a defect."""
+    x = _x(2, 8, 16, 64, 64, offset=1000.0)
+    assert_memory_format(nn.BatchNorm3d(8), x, name="bn3d")
+    assert_batch_stats(nn.BatchNorm3d(8), x, name="bn3d")
+
+
+# 10. several inputs: the factory form, and an error that says so --------------------------------------------------
+
+def test_a_model_of_two_inputs_runs_from_the_factory_form_and_the_plain_spec_says_how(bnmodels):
+    result = bnmodels.runpytest("--bncheck-model=bnmodels:two_inputs_factory", "-p", "no:warnings")
+    assert result.ret == 0 and "passed" in set(outcomes_by_id(result).values())
+    result = bnmodels.runpytest("--bncheck-model=bnmodels:two_inputs", "--bncheck-input-shape=3,8,8")
+    result.stderr.fnmatch_lines(["*bnmodels:two_inputs: the model rejected the example input: TypeError*"
+                                 "(example input (8, 3, 8, 8)) (a model that takes several inputs needs them as a "
+                                 "tuple: a factory returning (module, (input1, input2, ...))*"])
