@@ -1,4 +1,4 @@
-"""bncheck's nox sessions: `nox` runs lint and tests; bench, gpu and reference run when named (`nox -s bench`).
+"""bncheck's nox sessions: `nox` runs lint and tests; bench, zoo, gpu and reference run when named (`nox -s bench`).
 
 Each session installs what it needs into its own venv under .nox/ (`nox -R` reuses it without reinstalling);
 whatever installs torch passes `-c constraints-ci.txt`, so the pinned torch and torchvision come from local files.
@@ -55,6 +55,26 @@ def bench(session: nox.Session) -> None:
                 f"--benchmark-json={out / 'timing.json'}", "--benchmark-columns=min,max,mean,rounds")
     session.run("python", "-m", "bncheck", "bench", "bncheck.examples:seed_cnn", "--json", str(out / "seed_cnn.json"))
     session.log(f"benchmark JSON: {out / 'performance.json'}, {out / 'seed_cnn.json'}")
+
+
+@nox.session(python=PYTHON, default=False)
+def zoo(session: nox.Session) -> None:
+    """Every bncheck item on every BN model of torchvision, timm and EfficientNet-PyTorch (pytest -m zoo), then
+    docs/ZOO.md from the results (arguments after -- go to pytest, e.g. -k resnet)."""
+    import shutil
+    import time
+
+    _install(session, "test")
+    results = Path(".zoo")
+    shutil.rmtree(results, ignore_errors=True)
+    start = time.perf_counter()
+    try:
+        session.run("pytest", "-m", "zoo", "tests/zoo", "-n", "2", "-q", "-rs",
+                    *session.posargs, env={"BNCHECK_ZOO_RESULTS": str(results)})
+    finally:
+        session.run("python", "-m", "tests.zoo.report", str(results), "docs/ZOO.md",
+                    str(round(time.perf_counter() - start)))
+    session.log("docs/ZOO.md written")
 
 
 @nox.session(python=PYTHON, default=False)

@@ -1,0 +1,53 @@
+"""The zoo: every bncheck item on every BN model of torchvision, timm and EfficientNet-PyTorch must pass (no
+false alarms on correct code). `nox -s zoo` runs it all (-m zoo) and writes docs/ZOO.md; the models of
+catalog.QUICK run in the default suite.
+
+With BNCHECK_ZOO_RESULTS=DIR each model's result is also written to DIR/<id>.json, for tests/zoo/report.py."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from . import catalog, run
+
+
+def pytest_generate_tests(metafunc):
+    # Surveying the zoo builds every candidate model (15 s): only where the zoo tests are selected.
+    if "zoo_model" in metafunc.fixturenames:
+        selected = "zoo" in (metafunc.config.option.markexpr or "")
+        metafunc.parametrize("zoo_model", sorted(zm.id for zm in catalog.zoo()) if selected else [])
+
+
+def _check(model_id: str) -> None:
+    result = run.check(catalog.model(model_id))
+    out = os.environ.get("BNCHECK_ZOO_RESULTS")
+    if out:
+        path = Path(out) / f"{model_id.replace(':', '__').replace('/', '_')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(result.to_json())
+    if result.unrunnable:
+        pytest.skip(f"{model_id}: bncheck cannot run it: {result.unrunnable}")
+    assert result.failed == 0, f"{model_id}: {result.failed} of {result.items} items failed:\n" + "\n".join(
+        result.failures)
+    assert result.passed > 0, f"{model_id}: no item passed ({result.items} items)"
+
+
+@pytest.mark.zoo
+def test_zoo_model_passes_every_item(zoo_model):
+    _check(zoo_model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", catalog.QUICK)
+def test_quick_zoo_model_passes_every_item(model_id):
+    _check(model_id)
+
+
+@pytest.mark.zoo
+def test_the_zoo_covers_the_libraries():
+    models = catalog.zoo()
+    libraries = {zm.library for zm in models}
+    assert {"torchvision", "timm", "efficientnet_pytorch"} <= libraries, libraries
+    assert sum(zm.library == "timm" for zm in models) >= 30
+    assert sum(zm.library == "torchvision" for zm in models) >= 60
