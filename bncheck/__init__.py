@@ -1,57 +1,96 @@
-"""bncheck: is your BatchNorm right? Checks against an independent float64 oracle of PyTorch's BN contract."""
+"""bncheck: is your BatchNorm right? Checks against an independent float64 oracle of PyTorch's BN contract.
 
-from .ablate import ablate, bn_after_activation, bn_before_activation, drop_bias_before_bn, drop_dropout
-from .capture import capture
-from .checks import (
-    LAYER_CHECKS,
-    assert_backward,
-    assert_batch_stats,
-    assert_dtype,
-    assert_eval_output,
-    assert_eval_single_sample,
-    assert_eval_state_unchanged,
-    assert_memory_format,
-    assert_running_stats,
-    assert_single_value_raises,
-    assert_standardization,
-)
-from .convergence import (
-    Training,
-    assert_converges_faster,
-    assert_no_slower,
-    assert_same_speed,
-    assert_tolerates_higher_lr,
-    combinations,
-    compare_convergence,
-    fit,
-    sweep,
-    train,
-)
-from .data import Data, digits, fashion_mnist, for_input_shape, mnist5k
-from .discover import find_batchnorms, is_batchnorm, kind_of
-from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning
-from .lints import find_frozen_affine_training, find_keras_momentum, find_redundant_bias, lint
-from .model_checks import (
-    MODEL_CHECKS,
-    assert_bn_ops_follow_mode,
-    assert_eval_no_state_change,
-    assert_fusion_matches,
-    assert_state_dict_roundtrip,
-    assert_train_differs_from_eval,
-)
-from .population import assert_population_stats, population_drift, population_stats
-from .syncbn import assert_syncbn_matches
+Every public name is imported on first use (PEP 562), so that importing the package, or pytest loading its plugin
+entry point (bncheck.frontends.plugin), costs nothing and imports no torch."""
 
-__all__ = [
-    "LAYER_CHECKS", "MODEL_CHECKS", "BNCheckError", "BNCheckSkip", "BNCheckUsageError", "BNCheckWarning",
-    "assert_backward", "assert_batch_stats", "assert_bn_ops_follow_mode", "assert_dtype", "assert_eval_no_state_change",
-    "assert_eval_output", "assert_eval_single_sample", "assert_eval_state_unchanged", "assert_fusion_matches",
-    "assert_memory_format", "assert_running_stats", "assert_single_value_raises", "assert_standardization",
-    "assert_state_dict_roundtrip", "assert_train_differs_from_eval", "capture", "find_batchnorms",
-    "find_frozen_affine_training", "find_keras_momentum", "find_redundant_bias", "is_batchnorm", "kind_of", "lint",
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
+# public name -> the module that defines it, grouped as the README presents them
+_EXPORTS = {
+    # per-layer checks
+    **dict.fromkeys(["LAYER_CHECKS", "assert_backward", "assert_batch_stats", "assert_dtype", "assert_eval_output",
+                     "assert_eval_single_sample", "assert_eval_state_unchanged", "assert_memory_format",
+                     "assert_running_stats", "assert_single_value_raises", "assert_standardization"], "checks"),
+    # model checks, lints, discovery, capture
+    **dict.fromkeys(["MODEL_CHECKS", "assert_bn_ops_follow_mode", "assert_eval_no_state_change",
+                     "assert_fusion_matches", "assert_state_dict_roundtrip", "assert_train_differs_from_eval"],
+                    "checks.model"),
+    **dict.fromkeys(["find_frozen_affine_training", "find_keras_momentum", "find_redundant_bias", "lint"],
+                    "checks.lints"),
+    **dict.fromkeys(["find_batchnorms", "is_batchnorm", "kind_of"], "core.discover"),
+    "capture": "core.capture",
+    # errors
+    **dict.fromkeys(["BNCheckError", "BNCheckSkip", "BNCheckUsageError", "BNCheckWarning"], "core.errors"),
     # convergence, ablation, data, population statistics, synchronized BN
-    "Data", "Training", "ablate", "assert_converges_faster", "assert_no_slower", "assert_population_stats",
-    "assert_same_speed", "assert_syncbn_matches", "assert_tolerates_higher_lr", "bn_after_activation",
-    "bn_before_activation", "combinations", "compare_convergence", "digits", "drop_bias_before_bn", "drop_dropout",
-    "fashion_mnist", "fit", "for_input_shape", "mnist5k", "population_drift", "population_stats", "sweep", "train",
-]
+    **dict.fromkeys(["ablate", "bn_after_activation", "bn_before_activation", "drop_bias_before_bn",
+                     "drop_dropout"], "training.ablate"),
+    **dict.fromkeys(["Training", "assert_converges_faster", "assert_no_slower", "assert_same_speed",
+                     "assert_tolerates_higher_lr", "combinations", "compare_convergence", "fit", "sweep", "train"],
+                    "training.convergence"),
+    **dict.fromkeys(["Data", "digits", "fashion_mnist", "for_input_shape", "mnist5k"], "training.data"),
+    **dict.fromkeys(["assert_population_stats", "population_drift", "population_stats"], "training.population"),
+    "assert_syncbn_matches": "syncbn",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        if importlib.util.find_spec(f"bncheck.{name}") is None:
+            raise AttributeError(f"module 'bncheck' has no attribute {name!r}")
+        return importlib.import_module(f"bncheck.{name}")  # a submodule: bncheck.data, bncheck.examples, ...
+    value = getattr(importlib.import_module(f"bncheck.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each name loads on first use
+    from .checks import (
+        LAYER_CHECKS,
+        assert_backward,
+        assert_batch_stats,
+        assert_dtype,
+        assert_eval_output,
+        assert_eval_single_sample,
+        assert_eval_state_unchanged,
+        assert_memory_format,
+        assert_running_stats,
+        assert_single_value_raises,
+        assert_standardization,
+    )
+    from .checks.lints import find_frozen_affine_training, find_keras_momentum, find_redundant_bias, lint
+    from .checks.model import (
+        MODEL_CHECKS,
+        assert_bn_ops_follow_mode,
+        assert_eval_no_state_change,
+        assert_fusion_matches,
+        assert_state_dict_roundtrip,
+        assert_train_differs_from_eval,
+    )
+    from .core.capture import capture
+    from .core.discover import find_batchnorms, is_batchnorm, kind_of
+    from .core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning
+    from .syncbn import assert_syncbn_matches
+    from .training.ablate import ablate, bn_after_activation, bn_before_activation, drop_bias_before_bn, drop_dropout
+    from .training.convergence import (
+        Training,
+        assert_converges_faster,
+        assert_no_slower,
+        assert_same_speed,
+        assert_tolerates_higher_lr,
+        combinations,
+        compare_convergence,
+        fit,
+        sweep,
+        train,
+    )
+    from .training.data import Data, digits, fashion_mnist, for_input_shape, mnist5k
+    from .training.population import assert_population_stats, population_drift, population_stats

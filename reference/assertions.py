@@ -8,11 +8,11 @@ import time
 import torch.nn.functional as F
 from torch import nn
 
-from bncheck.ablate import bn_after_activation
-from bncheck.convergence import assert_converges_faster, assert_same_speed, sweep
+from bncheck.core.errors import BNCheckError
 from bncheck.data import digits
-from bncheck.errors import BNCheckError
 from bncheck.examples import seed_cnn
+from bncheck.training.ablate import bn_after_activation
+from bncheck.training.convergence import assert_converges_faster, assert_same_speed, sweep
 
 from .networks import digits_cnn, mlp
 
@@ -86,7 +86,7 @@ def _median_ratio(outcome) -> float:
 
 
 def lr_sweep(seeds=(0, 1, 2), lrs=(0.01, 0.1, 0.5, 1.0, 2.0), steps: int = 300) -> list[dict]:
-    """The digits CNN and its no-BN twin under plain SGD at growing learning rates (bncheck.convergence.sweep)."""
+    """The digits CNN and its no-BN twin under plain SGD at growing learning rates (bncheck.sweep)."""
     result = sweep(digits_cnn(), digits(), lrs=lrs, seeds=list(seeds), optimizer="sgd", steps=steps, target=0.9,
                    stop_at_target=False)  # final accuracy after all steps; steps-to-0.9 still recorded
     print(result.table())

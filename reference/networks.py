@@ -2,8 +2,8 @@
 
 from torch import nn
 
-from bncheck.ablate import ablate
 from bncheck.examples import seed_cnn
+from bncheck.training.ablate import ablate
 
 
 def cnn(setting: str) -> nn.Module:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from torch import nn
 
-from bncheck.convergence import Training, combinations, initialized, train
 from bncheck.data import Data
-from bncheck.progress import progress_bar
+from bncheck.training.convergence import Training, combinations, initialized, train
+from bncheck.training.progress import progress_bar
 
 COLUMNS = ("experiment", "data", "network", "setting", "batch_size", "lr", "seed", "epoch", "loss", "accuracy",
            "test_loss", "test_accuracy", "time")

@@ -50,7 +50,7 @@ def bnmodels(pytester, _lazy_torch_imports):
 @pytest.fixture
 def one_thread():
     """torch on one CPU thread during the test: timings and training on a busy 2-core machine stay steady."""
-    from bncheck.threads import one_thread as single
+    from bncheck.core.threads import one_thread as single
 
     with single():
         yield

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bncheck.tolerances import LOW_PRECISION
+from bncheck.core.tolerances import LOW_PRECISION
 
 CHANNELS = 4
 # (batch, spatial) per rank; small, and N differs from the spatial sizes so that reduction-dim mix-ups show.

@@ -9,7 +9,11 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from bncheck.ablate import (
+from bncheck.core.discover import find_batchnorms, is_batchnorm
+from bncheck.core.errors import BNCheckUsageError
+from bncheck.core.state import Snapshot
+from bncheck.examples import seed_cnn
+from bncheck.training.ablate import (
     ABLATIONS,
     ablate,
     bn_after_activation,
@@ -17,10 +21,6 @@ from bncheck.ablate import (
     drop_bias_before_bn,
     drop_dropout,
 )
-from bncheck.discover import find_batchnorms, is_batchnorm
-from bncheck.errors import BNCheckUsageError
-from bncheck.examples import seed_cnn
-from bncheck.state import Snapshot
 
 
 def _x(*shape, seed=0):

@@ -1,5 +1,5 @@
-"""bncheck.bench and bncheck.bench_pytest: the byte model, the cases, that a benchmark never changes the model
-or the settings it touches, that the time is right (CPU: within 10 % of torch.utils.benchmark, through
+"""bncheck.bench.measure and bncheck.frontends.bench_items: the byte model, the cases, that a benchmark never
+changes the model or the settings it touches, that the time is right (CPU: within 10 % of torch.utils.benchmark, through
 measure() and through pytest-benchmark; a simulated asynchronous device and, on a GPU, CUDA itself: an
 unsynchronized timer is shown to be wrong), the pytest-benchmark JSON, the quick/disabled CI mode and the CLI.
 
@@ -19,12 +19,13 @@ import torch
 from torch import nn
 from torch.utils.benchmark import Timer
 
-from bncheck import bench, bench_cli
 from bncheck.__main__ import main
-from bncheck.bench import BenchCase, benchmark_cases, bn_min_bytes, measure
-from bncheck.errors import BNCheckUsageError
+from bncheck.bench import measure as bench
+from bncheck.bench.measure import BenchCase, benchmark_cases, bn_min_bytes, measure
+from bncheck.core.errors import BNCheckUsageError
+from bncheck.core.state import Snapshot
 from bncheck.examples import seed_cnn
-from bncheck.state import Snapshot
+from bncheck.frontends import bench_cli
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -245,7 +246,7 @@ def test_on_an_asynchronous_device_bncheck_times_the_work_and_an_unsynchronized_
 
 
 def test_sync_every_nth_synchronizes_once_per_round():
-    from bncheck.bench_pytest import _SyncEveryNth
+    from bncheck.frontends.bench_items import _SyncEveryNth
 
     log = []
     step = _SyncEveryNth(lambda: log.append("call"), 3, lambda: log.append("sync"))
@@ -259,8 +260,8 @@ def test_sync_every_nth_synchronizes_once_per_round():
 INNER_TESTS = '''
 import pytest, timeit, torch
 from torch import nn
-from bncheck import bench
-from bncheck.bench_pytest import pytest_benchmark_run
+from bncheck.bench import measure as bench
+from bncheck.frontends.bench_items import pytest_benchmark_run
 from test_bench_helpers import FakeStream, fake_case
 
 torch.set_num_threads(1)
@@ -303,8 +304,8 @@ class Model(pytest.Collector):
 
 def pytest_collection_modifyitems(session, config, items):
     """What the bncheck plugin does under --bncheck-benchmark: items from make_items under a collector."""
-    from bncheck import bench
-    from bncheck.bench_pytest import make_items
+    from bncheck.bench import measure as bench
+    from bncheck.frontends.bench_items import make_items
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
     parent = Model.from_parent(session, name="bncheck[tiny]", nodeid="bncheck[tiny]")
@@ -318,7 +319,7 @@ def bench_dir(pytester, monkeypatch):
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # else pytest-benchmark disables itself inside
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makepyfile(test_inner=INNER_TESTS.format(attempts=ATTEMPTS))
-    helpers = "\n".join(["import queue, threading, timeit", "from bncheck.bench import BenchCase",
+    helpers = "\n".join(["import queue, threading, timeit", "from bncheck.bench.measure import BenchCase",
                          _source(FakeStream), _source(fake_case)])
     pytester.makepyfile(test_bench_helpers=helpers)
     return pytester

@@ -15,8 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bncheck.ablate import ablate, bn_after_activation
-from bncheck.convergence import (
+from bncheck.core.errors import BNCheckError, BNCheckUsageError
+from bncheck.core.state import Snapshot
+from bncheck.data import Data, digits
+from bncheck.examples import seed_cnn
+from bncheck.training.ablate import ablate, bn_after_activation
+from bncheck.training.convergence import (
     Training,
     assert_converges_faster,
     assert_no_slower,
@@ -30,10 +34,6 @@ from bncheck.convergence import (
     sweep,
     train,
 )
-from bncheck.data import Data, digits
-from bncheck.errors import BNCheckError, BNCheckUsageError
-from bncheck.examples import seed_cnn
-from bncheck.state import Snapshot
 
 BENCHMARK_BUDGET_S = 30  # the bound for one convergence test on CPU
 
@@ -427,7 +427,7 @@ def test_model_that_does_not_fit_the_data_is_a_usage_error(d8):
     with pytest.raises(BNCheckUsageError, match=r"training on digits \(1, 8, 8\) failed: RuntimeError.*"
                                                 r"output 10 logits"):
         compare_convergence(mlp(), d8, seeds=1, steps=5)
-    with pytest.raises(BNCheckUsageError, match="expected a bncheck.data.Data"):
+    with pytest.raises(BNCheckUsageError, match="expected a bncheck.Data"):
         compare_convergence(mlp(), (d8.x_train, d8.y_train))
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bncheck.convergence import compare_convergence
+from bncheck.core.errors import BNCheckUsageError
 from bncheck.data import (
     FASHION_FILES,
     Data,
@@ -21,8 +21,8 @@ from bncheck.data import (
     model_device,
     write_idx,
 )
-from bncheck.errors import BNCheckUsageError
-from bncheck.progress import progress_bar, progress_enabled
+from bncheck.training.convergence import compare_convergence
+from bncheck.training.progress import progress_bar, progress_enabled
 
 
 @pytest.fixture(scope="module")

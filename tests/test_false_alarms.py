@@ -25,8 +25,8 @@ from bncheck import (
     assert_memory_format,
     assert_state_dict_roundtrip,
 )
-from bncheck.state import Snapshot
-from bncheck.tolerances import Tolerance
+from bncheck.core.state import Snapshot
+from bncheck.core.tolerances import Tolerance
 
 
 def _x(*shape, seed=0, offset=0.0):

@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 
 from bncheck import BNCheckWarning
-from bncheck.lints import find_frozen_affine_training, find_keras_momentum, find_redundant_bias, lint, warn
-from bncheck.state import Snapshot
+from bncheck.checks.lints import find_frozen_affine_training, find_keras_momentum, find_redundant_bias, lint, warn
+from bncheck.core.state import Snapshot
 
 
 class Branchy(nn.Module):

@@ -7,8 +7,8 @@ import torchvision
 from torch import nn
 
 from bncheck import BNCheckError, BNCheckSkip
-from bncheck.model_checks import MODEL_CHECKS
-from bncheck.state import Snapshot
+from bncheck.checks.model import MODEL_CHECKS
+from bncheck.core.state import Snapshot
 
 
 class EvalIgnoredBN(nn.BatchNorm2d):

@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
 from bncheck import LAYER_CHECKS, BNCheckError, BNCheckSkip, BNCheckWarning
-from bncheck.state import Snapshot
+from bncheck.core.state import Snapshot
 
 DIAGNOSED = [m for m in MUTANTS if hasattr(m, "diagnosis")]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bncheck import oracle
+from bncheck.core import oracle
 
 SHAPES = [(5, 3), (4, 3, 7), (3, 2, 5, 4), (2, 3, 2, 3, 4), (2, 4, 1, 1)]
 

@@ -11,7 +11,7 @@ from bncheck import LAYER_CHECKS, BNCheckSkip, capture, find_batchnorms
 
 PLUGIN_RUN = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
               "--bncheck-model=torchvision.models:resnet18", "--bncheck-input-shape=3,64,64"]
-IMPORTS = [sys.executable, "-c", "import torch, torchvision, pytest, bncheck.plugin"]
+IMPORTS = [sys.executable, "-c", "import torch, torchvision, pytest, bncheck.frontends.plugin"]
 RESNET50_BUDGET_S = 10  # the core issue's bound for every per-layer check on resnet50's 53 BN layers, 2-core CPU
 
 

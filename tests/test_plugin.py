@@ -12,11 +12,11 @@ import re
 import pytest
 import torch
 
-import bncheck.plan  # noqa: F401  (imported once here: in-process runs then reuse it instead of re-importing)
+import bncheck.run.plan  # noqa: F401  (imported once here: in-process runs then reuse it instead of re-importing)
 from bncheck.checks import LAYER_CHECKS
-from bncheck.model_checks import MODEL_CHECKS
-from bncheck.plan import LINTS
-from bncheck.state import Snapshot
+from bncheck.checks.model import MODEL_CHECKS
+from bncheck.core.state import Snapshot
+from bncheck.run.plan import LINTS
 
 HAS_CUDA = torch.cuda.is_available()
 AUTO_DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -400,7 +400,7 @@ def test_lints_warn_bncheck_warnings_by_default(bnmodels):
     assert set(warned) == set(FINDINGS)
     for nodeid, phrase in FINDINGS.items():
         [w] = warned[nodeid]
-        assert w.category.__module__ == "bncheck.errors" and w.category.__name__ == "BNCheckWarning"
+        assert w.category.__module__ == "bncheck.core.errors" and w.category.__name__ == "BNCheckWarning"
         assert phrase in str(w.message)
     result.stdout.fnmatch_lines(["*warnings summary*", "*BNCheckWarning*"])
 

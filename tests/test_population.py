@@ -13,16 +13,16 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bncheck.convergence import fit
+from bncheck.core.errors import BNCheckError, BNCheckUsageError
+from bncheck.core.state import Snapshot
+from bncheck.core.threads import one_thread
 from bncheck.data import Data
-from bncheck.errors import BNCheckError, BNCheckUsageError
-from bncheck.population import (
+from bncheck.training.convergence import fit
+from bncheck.training.population import (
     assert_population_stats,
     population_drift,
     population_stats,
 )
-from bncheck.state import Snapshot
-from bncheck.threads import one_thread
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,7 @@ Each property is a function of an implementation (`make(case) -> module`) that r
 same property runs on torch's BatchNorm, on the oracle (OracleBN below) and on the mutants defined here: every
 property is shown able to fail by a test in which hypothesis finds a counterexample for a planted defect.
 
-Tolerances: bncheck's table (bncheck.tolerances) for the output dtype, plus rounding slack from the drawn data
+Tolerances: bncheck's table (bncheck.core.tolerances) for the output dtype, plus rounding slack from the drawn data
 (`_slack`): a channel whose values reach κ standard deviations from zero (κ = max|x|/std) loses about κ·u of
 relative precision in its z-scores to cancellation (u: the unit roundoff of the input dtype), and a little more
 for large |z| through the variance. The slack is computed from each example, never fixed loosely.
@@ -18,10 +18,10 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from bncheck import oracle
-from bncheck.compare import check_close
+from bncheck.core import oracle
+from bncheck.core.compare import check_close
+from bncheck.core.tolerances import Tolerance, tolerance
 from bncheck.strategies import MAX_OFFSET_RATIO, BNCase, bn_case, bn_configs, bn_inputs
-from bncheck.tolerances import Tolerance, tolerance
 
 AXES = ("sample", "channel")
 
@@ -36,7 +36,7 @@ def _one_thread():
 
 
 class OracleBN(nn.Module):
-    """bncheck.oracle behind torch's BN interface (float64 outputs), holding a case's state.
+    """bncheck.core.oracle behind torch's BN interface (float64 outputs), holding a case's state.
 
     One method per step of the contract, so that a mutant overrides exactly one.
     """

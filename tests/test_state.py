@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from bncheck.state import Snapshot, clone, materialized, private_rng
+from bncheck.core.state import Snapshot, clone, materialized, private_rng
 
 
 def _model():
@@ -53,8 +53,8 @@ def test_clone_of_an_uninitialized_lazy_model_is_independent():
 
 def test_checks_run_on_one_cpu_thread_and_restore_the_callers_count():
     from bncheck import assert_batch_stats
-    from bncheck.errors import BNCheckError
-    from bncheck.threads import one_thread
+    from bncheck.core.errors import BNCheckError
+    from bncheck.core.threads import one_thread
 
     seen = []
 

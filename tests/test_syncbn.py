@@ -31,10 +31,10 @@ from sync_layers import (
 )
 from torch import nn
 
-from bncheck import syncbn
-from bncheck.errors import BNCheckError, BNCheckSkip, BNCheckUsageError
-from bncheck.state import Snapshot
+from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError
+from bncheck.core.state import Snapshot
 from bncheck.syncbn import assert_syncbn_matches
+from bncheck.syncbn import check as syncbn
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 

@@ -1,10 +1,10 @@
 """The per-layer checks, by name: each is f(layer, x, *, name, seed) -> None or raises BNCheckError/BNCheckSkip."""
 
-from .backward import assert_backward
-from .eval import assert_eval_output, assert_eval_single_sample, assert_eval_state_unchanged
-from .formats import assert_dtype, assert_memory_format
-from .running import assert_running_stats
-from .train import assert_batch_stats, assert_single_value_raises, assert_standardization
+from bncheck.checks.backward import assert_backward
+from bncheck.checks.eval import assert_eval_output, assert_eval_single_sample, assert_eval_state_unchanged
+from bncheck.checks.formats import assert_dtype, assert_memory_format
+from bncheck.checks.running import assert_running_stats
+from bncheck.checks.train import assert_batch_stats, assert_single_value_raises, assert_standardization
 
 LAYER_CHECKS = {
     "standardization": assert_standardization,

@@ -2,11 +2,11 @@
 
 import torch
 
-from .. import oracle
-from ..compare import check_close
-from ..harness import LayerCase, params
-from ..threads import single_threaded
-from ..tolerances import tolerance
+from bncheck.core import oracle
+from bncheck.core.compare import check_close
+from bncheck.core.harness import LayerCase, params
+from bncheck.core.threads import single_threaded
+from bncheck.core.tolerances import tolerance
 
 
 def _gradients(twin, x, dy, train: bool):

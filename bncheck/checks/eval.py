@@ -4,16 +4,16 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from .. import oracle
-from ..capture import forward
-from ..compare import check_close, fail
-from ..discover import find_batchnorms
-from ..errors import BNCheckSkip, BNCheckUsageError, one_line
-from ..harness import LayerCase, params, run
-from ..reference import torch_output
-from ..state import Snapshot, clone
-from ..threads import single_threaded
-from ..tolerances import tolerance
+from bncheck.core import oracle
+from bncheck.core.capture import forward
+from bncheck.core.compare import check_close, fail
+from bncheck.core.discover import find_batchnorms
+from bncheck.core.errors import BNCheckSkip, BNCheckUsageError, one_line
+from bncheck.core.harness import LayerCase, params, run
+from bncheck.core.reference import torch_output
+from bncheck.core.state import Snapshot, clone
+from bncheck.core.threads import single_threaded
+from bncheck.core.tolerances import tolerance
 
 
 def _modes(case: LayerCase) -> list[bool]:

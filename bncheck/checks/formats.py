@@ -4,13 +4,13 @@ import warnings
 
 import torch
 
-from .. import oracle
-from ..compare import check_close, deviation, fail
-from ..errors import BNCheckSkip, BNCheckWarning
-from ..harness import LayerCase, params, run
-from ..reference import torch_batch_norm, torch_output
-from ..threads import single_threaded
-from ..tolerances import LOW_PRECISION, dtype_name, runs_batch_norm, tolerance
+from bncheck.core import oracle
+from bncheck.core.compare import check_close, deviation, fail
+from bncheck.core.errors import BNCheckSkip, BNCheckWarning
+from bncheck.core.harness import LayerCase, params, run
+from bncheck.core.reference import torch_batch_norm, torch_output
+from bncheck.core.threads import single_threaded
+from bncheck.core.tolerances import LOW_PRECISION, dtype_name, runs_batch_norm, tolerance
 
 
 @single_threaded

@@ -2,11 +2,11 @@
 
 import torch
 
-from .. import oracle
-from ..compare import check_close, fail
-from ..harness import LayerCase, run
-from ..threads import single_threaded
-from ..tolerances import tolerance
+from bncheck.core import oracle
+from bncheck.core.compare import check_close, fail
+from bncheck.core.harness import LayerCase, run
+from bncheck.core.threads import single_threaded
+from bncheck.core.tolerances import tolerance
 
 
 def _bug_variants(state: oracle.RunningStats, x, momentum, eps):

@@ -2,12 +2,12 @@
 
 import torch
 
-from .. import oracle
-from ..compare import check_close, fail
-from ..harness import LayerCase, params, run
-from ..reference import torch_output
-from ..threads import single_threaded
-from ..tolerances import tolerance
+from bncheck.core import oracle
+from bncheck.core.compare import check_close, fail
+from bncheck.core.harness import LayerCase, params, run
+from bncheck.core.reference import torch_output
+from bncheck.core.threads import single_threaded
+from bncheck.core.tolerances import tolerance
 
 
 @single_threaded

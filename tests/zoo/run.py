@@ -6,11 +6,11 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from bncheck.discover import kind_of
-from bncheck.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
-from bncheck.plan import Plan, Settings
-from bncheck.spec import Loaded
-from bncheck.state import private_rng
+from bncheck.core.discover import kind_of
+from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
+from bncheck.core.spec import Loaded
+from bncheck.core.state import private_rng
+from bncheck.run.plan import Plan, Settings
 
 from .catalog import ZooModel
 

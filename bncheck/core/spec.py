@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import BNCheckUsageError, one_line
+from bncheck.core.errors import BNCheckUsageError, one_line
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from .capture import capture
-from .discover import find_batchnorms, is_frozen, sequential_pairs
-from .errors import BNCheckWarning
+from bncheck.core.capture import capture
+from bncheck.core.discover import find_batchnorms, is_frozen, sequential_pairs
+from bncheck.core.errors import BNCheckWarning
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .errors import BNCheckError
-from .tolerances import Tolerance
+from bncheck.core.errors import BNCheckError
+from bncheck.core.tolerances import Tolerance
 
 
 def _fmt(v: float) -> str:

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from .discover import is_frozen, kind_of
-from .errors import BNCheckSkip, BNCheckUsageError
-from .probes import Probe, probes
-from .state import clone, materialized, without_extensions
+from bncheck.core.discover import is_frozen, kind_of
+from bncheck.core.errors import BNCheckSkip, BNCheckUsageError
+from bncheck.core.probes import Probe, probes
+from bncheck.core.state import clone, materialized, without_extensions
 
 DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.1

@@ -9,17 +9,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import lints
-from .capture import capture
-from .checks import LAYER_CHECKS
-from .discover import find_batchnorms, kind_of
-from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
-from .harness import nonfinite
-from .model_checks import MODEL_CHECKS
-from .spec import Loaded
-from .state import clone, materialized
-from .syncbn import check_model_layer, syncbn_targets
-from .tolerances import LOW_PRECISION, dtype_name
+from bncheck.checks import LAYER_CHECKS, lints
+from bncheck.checks.model import MODEL_CHECKS
+from bncheck.core.capture import capture
+from bncheck.core.discover import find_batchnorms, kind_of
+from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
+from bncheck.core.harness import nonfinite
+from bncheck.core.spec import Loaded
+from bncheck.core.state import clone, materialized
+from bncheck.core.tolerances import LOW_PRECISION, dtype_name
+from bncheck.syncbn.check import check_model_layer, syncbn_targets
 
 LINTS = {
     "redundant_bias": lambda plan: lints.find_redundant_bias(plan.work, producers=plan.producers),
@@ -154,8 +153,8 @@ class Plan:
         """The model reaches 90 % test accuracy in fewer steps than its no-BN twin (assert_converges_faster with
         its defaults, 3 seeds from --bncheck-seed) on Fashion-MNIST from --bncheck-data-root or a built-in data
         set that fits its input; skips when no data fits or the model is not a 10-class classifier."""
-        from .convergence import assert_converges_faster
-        from .data import for_input_shape
+        from bncheck.training.convergence import assert_converges_faster
+        from bncheck.training.data import for_input_shape
 
         if not isinstance(self.example, torch.Tensor):
             raise BNCheckSkip(f"{self.spec}: the convergence item needs a model with one input tensor")
@@ -167,7 +166,7 @@ class Plan:
                 raise
             raise BNCheckSkip(f"{self.spec}: no built-in data set for input {'x'.join(map(str, shape))} ({exc}); "
                               f"supply Fashion-MNIST with --bncheck-data-root=DIR (FashionMNIST/raw/ with the four "
-                              f"uncompressed IDX files), or call bncheck.convergence.assert_converges_faster(model, "
+                              f"uncompressed IDX files), or call bncheck.assert_converges_faster(model, "
                               f"data) in a test") from None
         out = self.output
         if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] == data.num_classes):

@@ -6,7 +6,7 @@
 - `drop_bias_before_bn(model)`: conv/linear layers feeding a BN directly lose their bias.
 - `drop_dropout(model)`: every dropout layer replaced by nn.Identity.
 
-Each returns a new model (a copy made by bncheck.state.clone); the input model is never modified. Parameter and
+Each returns a new model (a copy made by bncheck.core.state.clone); the input model is never modified. Parameter and
 buffer names of everything that stays are unchanged, so twins can load each other's state_dict(strict=False).
 """
 
@@ -19,10 +19,10 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 
-from .capture import capture
-from .discover import find_batchnorms, is_batchnorm, sequential_pairs
-from .errors import BNCheckUsageError
-from .state import clone
+from bncheck.core.capture import capture
+from bncheck.core.discover import find_batchnorms, is_batchnorm, sequential_pairs
+from bncheck.core.errors import BNCheckUsageError
+from bncheck.core.state import clone
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign)

@@ -1,6 +1,6 @@
 """pytest plugin: `pytest --bncheck-model=pkg.mod:obj` runs every bncheck check on every BN layer of a model.
 
-Options and hooks only; the work is bncheck.plan. Heavy imports happen inside hooks."""
+Options and hooks only; the work is bncheck.run.plan. Heavy imports happen inside hooks."""
 
 import pytest
 
@@ -63,7 +63,7 @@ def _integer(config, ini: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        from bncheck.errors import BNCheckUsageError
+        from bncheck.core.errors import BNCheckUsageError
 
         raise BNCheckUsageError(f"{ini} = {value!r}: expected an integer") from None
 
@@ -94,9 +94,9 @@ def pytest_sessionstart(session):
     specs = _specs(config)
     if not specs:
         return
-    from bncheck import spec as spec_mod
-    from bncheck.errors import BNCheckUsageError
-    from bncheck.plan import Plan, Settings
+    from bncheck.core import spec as spec_mod
+    from bncheck.core.errors import BNCheckUsageError
+    from bncheck.run.plan import Plan, Settings
 
     try:
         shape = _setting(config, "bncheck_input_shape")
@@ -114,7 +114,7 @@ def pytest_sessionstart(session):
         if settings.batch_size < 2:
             raise BNCheckUsageError("--bncheck-batch-size must be at least 2 (train-mode BN needs n > 1)")
         if settings.data_root is not None:
-            from bncheck.data import check_fashion_root
+            from bncheck.training.data import check_fashion_root
 
             try:
                 check_fashion_root(settings.data_root)
@@ -148,7 +148,7 @@ class BNCheckItem(pytest.Item):
         self.case.run()
 
     def repr_failure(self, excinfo, style=None):
-        from bncheck.errors import BNCheckError, BNCheckUsageError
+        from bncheck.core.errors import BNCheckError, BNCheckUsageError
 
         if isinstance(excinfo.value, (BNCheckError, BNCheckUsageError)):
             return str(excinfo.value)
@@ -187,7 +187,7 @@ def pytest_collection_modifyitems(session, config, items):
         collector = BNCheckModel.from_parent(session, name=name, nodeid=name, plan=plan)
         added = collector.collect()
         if _setting(config, "bncheck_benchmark"):
-            from bncheck.bench_pytest import plan_items
+            from bncheck.frontends.bench_items import plan_items
 
             added += plan_items(collector, plan)
         items.extend(added)
@@ -197,10 +197,10 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_terminal_summary(terminalreporter, config):
     if _setting(config, "bncheck_benchmark"):
-        from bncheck.bench_pytest import terminal_summary
+        from bncheck.frontends.bench_items import terminal_summary
 
         terminal_summary(terminalreporter)
-    from bncheck.plan import layer_label
+    from bncheck.run.plan import layer_label
 
     counts: dict[str, dict[str, int]] = {}
     for outcome in ("passed", "failed", "skipped", "error"):
@@ -232,6 +232,6 @@ def bncheck_model(request):
 @pytest.fixture(scope="session")
 def bn_layers(bncheck_model):
     """Name → BN-like layer of the bncheck_model."""
-    from bncheck.discover import find_batchnorms
+    from bncheck.core.discover import find_batchnorms
 
     return find_batchnorms(bncheck_model)

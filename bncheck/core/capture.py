@@ -7,9 +7,9 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from torch.utils._pytree import tree_leaves
 
-from .discover import find_batchnorms
-from .errors import BNCheckUsageError, one_line
-from .state import clone
+from bncheck.core.discover import find_batchnorms
+from bncheck.core.errors import BNCheckUsageError, one_line
+from bncheck.core.state import clone
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .capture import capture, forward
-from .checks.eval import assert_eval_single_sample
-from .compare import check_close, fail, matches
-from .discover import find_batchnorms, is_frozen
-from .errors import BNCheckSkip
-from .state import Snapshot, clone, materialized, without_extensions
-from .threads import single_threaded
-from .tolerances import FUSION, tolerance
+from bncheck.checks.eval import assert_eval_single_sample
+from bncheck.core.capture import capture, forward
+from bncheck.core.compare import check_close, fail, matches
+from bncheck.core.discover import find_batchnorms, is_frozen
+from bncheck.core.errors import BNCheckSkip
+from bncheck.core.state import Snapshot, clone, materialized, without_extensions
+from bncheck.core.threads import single_threaded
+from bncheck.core.tolerances import FUSION, tolerance
 
 FUSION_SAMPLES = 2  # fusion is per sample in eval mode: two samples of each producer's real input show it
 

@@ -1,4 +1,4 @@
-"""The benchmarks without pytest: `python -m bncheck bench SPEC --input-shape C,H,W` runs bncheck.bench's cases
+"""The benchmarks without pytest: `python -m bncheck bench SPEC --input-shape C,H,W` runs bncheck.bench.measure's cases
 for a model and prints a table (samples/s, GB/s, fraction of the copy bandwidth) with the conditions."""
 
 from __future__ import annotations
@@ -12,9 +12,18 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .bench import MEMORY_FORMATS, MODES, Result, benchmark_cases, cudnn_flag, fmt_time, layer_inputs, measure
-from .errors import BNCheckUsageError
-from .tolerances import dtype_name
+from bncheck.bench.measure import (
+    MEMORY_FORMATS,
+    MODES,
+    Result,
+    benchmark_cases,
+    cudnn_flag,
+    fmt_time,
+    layer_inputs,
+    measure,
+)
+from bncheck.core.errors import BNCheckUsageError
+from bncheck.core.tolerances import dtype_name
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -92,7 +101,7 @@ def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str |
     """Load SPEC ('module.path:attr', as the plugin) or take a model, build the input (`input_shape` is one
     sample's shape; else the spec's example input), and measure every case for each dtype. `layers`: None = all
     BN layers, "none" (or []) = the model only, or names. `progress` is called with each Result as it comes."""
-    from . import spec as spec_mod
+    from bncheck.core import spec as spec_mod
 
     if isinstance(spec_or_model, nn.Module):
         spec, model, example = type(spec_or_model).__name__, spec_or_model, getattr(spec_or_model, "example_input",

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .data import Data, model_device
-from .discover import find_batchnorms, kind_of
-from .errors import BNCheckError, BNCheckUsageError, one_line
-from .state import clone
+from bncheck.core.discover import find_batchnorms, kind_of
+from bncheck.core.errors import BNCheckError, BNCheckUsageError, one_line
+from bncheck.core.state import clone
+from bncheck.training.data import Data, model_device
 
 # Defaults of assert_population_stats, judged on a layer's median channel: its running mean within 0.25 population
 # standard deviations of the population mean, its running variance within a factor 1.5 of the population (unbiased)

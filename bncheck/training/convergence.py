@@ -11,7 +11,7 @@ target (accuracy or loss on the held-out split). The assertions judge such a com
   does worse.
 - `sweep`: every combination of variant × learning rate × seed (like the seed tutorial's RunBuilder).
 
-The user's model is never trained, moved or re-initialized: everything runs on copies (bncheck.state.clone).
+The user's model is never trained, moved or re-initialized: everything runs on copies (bncheck.core.state.clone).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ablate import ablate
-from .data import Data, model_device
-from .errors import BNCheckError, BNCheckUsageError, one_line
-from .progress import progress_bar
-from .state import clone, materialized, private_rng
+from bncheck.core.errors import BNCheckError, BNCheckUsageError, one_line
+from bncheck.core.state import clone, materialized, private_rng
+from bncheck.training.ablate import ablate
+from bncheck.training.data import Data, model_device
+from bncheck.training.progress import progress_bar
 
 OPTIMIZERS: dict[str, Callable] = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
@@ -111,7 +111,7 @@ class Curve:
 def initialized(model: nn.Module, seed: int) -> nn.Module:
     """A copy of `model` with fresh weights: every module's reset_parameters() with the CPU generator (and that of
     the model's CUDA device, if on one) seeded with `seed`, in module order (BN layers also reset their running
-    statistics). The caller's RNGs are left as they were (bncheck.state.private_rng)."""
+    statistics). The caller's RNGs are left as they were (bncheck.core.state.private_rng)."""
     copy = clone(model)
     with private_rng(seed, model_device(copy)):
         for m in copy.modules():
@@ -169,7 +169,7 @@ def fit(model: nn.Module, data: Data, training: Training | None = None, *, seed:
 
     The copy starts from `model`'s own weights; batches follow batch_order(seed); dropout masks follow
     the CPU generator (and `device`'s, on a GPU) seeded with `seed`; the caller's RNGs are left as they were
-    (bncheck.state.private_rng). Keyword overrides set Training fields.
+    (bncheck.core.state.private_rng). Keyword overrides set Training fields.
     loss_fn(logits, targets, reduction=...) scores both training and evaluation."""
     training = _training(training, overrides)
     _require_data(data)
@@ -285,7 +285,7 @@ def _stops(curve: Curve, training: Training) -> bool:
 
 def _require_data(data) -> None:
     if not isinstance(data, Data):
-        raise BNCheckUsageError(f"data: expected a bncheck.data.Data (digits(), mnist5k(), fashion_mnist(root) or "
+        raise BNCheckUsageError(f"data: expected a bncheck.Data (digits(), mnist5k(), fashion_mnist(root) or "
                                 f"Data(name, x_train, y_train, x_test, y_test)), got {type(data).__name__}")
 
 
@@ -405,7 +405,7 @@ def compare_convergence(model: nn.Module, data: Data, *, twin=None, seeds: int |
     """Train copies of `model` and of its twin once per seed under the same Training; return the Comparison.
 
     twin: None → bncheck.ablate(model) (every BN replaced by nn.Identity); a function model → model (e.g.
-    bncheck.ablate.bn_after_activation), applied to each seed's freshly initialized model; or an nn.Module,
+    bncheck.bn_after_activation), applied to each seed's freshly initialized model; or an nn.Module,
     initialized with the same seed and then given the model's weights wherever name and shape agree.
     reinit: each seed starts from fresh weights (reset_parameters under that seed); False keeps the model's
     own weights for every seed, so only the batch order and dropout masks vary.

@@ -12,7 +12,7 @@ The factory is called in every worker process, so it must be picklable: a module
 ``functools.partial`` of one, never a lambda or a local function::
 
     import functools
-    from bncheck.syncbn import assert_syncbn_matches
+    from bncheck.syncbn.check import assert_syncbn_matches
 
     def test_my_sync_bn():  # on the CPU, with gloo
         assert_syncbn_matches(functools.partial(MySyncBatchNorm, 8), world_size=2)
@@ -44,13 +44,13 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import oracle
-from .compare import check_close
-from .discover import is_batchnorm
-from .errors import BNCheckError, BNCheckSkip, BNCheckUsageError, one_line
-from .harness import nontrivial_state, set_state
-from .state import clone
-from .tolerances import Tolerance, tolerance
+from bncheck.core import oracle
+from bncheck.core.compare import check_close
+from bncheck.core.discover import is_batchnorm
+from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, one_line
+from bncheck.core.harness import nontrivial_state, set_state
+from bncheck.core.state import clone
+from bncheck.core.tolerances import Tolerance, tolerance
 
 __all__ = ["assert_syncbn_matches", "check_model_layer", "is_synchronized", "layer_factory", "syncbn_targets"]
 
@@ -73,7 +73,7 @@ def syncbn_targets(model: nn.Module, convert: bool = False) -> list[str]:
 
 
 def _load_layer(spec: str, name: str, convert: bool = False) -> nn.Module:
-    from .spec import load
+    from bncheck.core.spec import load
 
     # A spec may name the user's own module instance: convert_sync_batchnorm (which swaps layers in place and
     # shares γ, β and the running statistics with the new ones) and the check's state go to a copy only.

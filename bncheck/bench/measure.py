@@ -1,7 +1,7 @@
 """Throughput benchmarks a GPU engineer can trust: forward (train, eval) and backward of a model and of each of
 its BN layers, each BN layer against the copy roofline measured in the same run.
 
-How a time is taken (`measure`): the case builds a private copy of the model or layer (`bncheck.state.clone`,
+How a time is taken (`measure`): the case builds a private copy of the model or layer (`bncheck.core.state.clone`,
 never the user's object) and its fixed-shape input, runs it `warmup` times, then times it with
 `torch.utils.benchmark.Timer.blocked_autorange`: blocks of N calls, the device synchronized by the clock at the
 start and end of each block only, N grown until the synchronize and clock cost is ≤ 0.01 % of a block. The
@@ -24,10 +24,10 @@ dtype and keeps float32 γ/β/statistics (exactly what it sees inside an autocas
 channels_last applies to 4-D (channels_last) and 5-D (channels_last_3d) inputs.
 
 Left as found: the user's model (only clones run), `torch.backends.cudnn.benchmark` (set for the run, restored
-in a finally), the CPU/CUDA RNG (`bncheck.state.private_rng`), torch's thread count, and device memory (every
+in a finally), the CPU/CUDA RNG (`bncheck.core.state.private_rng`), torch's thread count, and device memory (every
 tensor a case allocates is released when its measurement ends; only the caching allocator keeps its cache).
 
-Without pytest: `python -m bncheck bench SPEC --input-shape 3,224,224` (bncheck.bench_cli).
+Without pytest: `python -m bncheck bench SPEC --input-shape 3,224,224` (bncheck.frontends.bench_cli).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from .discover import find_batchnorms, is_frozen
-from .errors import BNCheckSkip, BNCheckUsageError
-from .state import clone, materialized, private_rng
-from .tolerances import LOW_PRECISION, dtype_name
+from bncheck.core.discover import find_batchnorms, is_frozen
+from bncheck.core.errors import BNCheckSkip, BNCheckUsageError
+from bncheck.core.state import clone, materialized, private_rng
+from bncheck.core.tolerances import LOW_PRECISION, dtype_name
 
 MODES = ("forward_train", "forward_eval", "backward")
 MEMORY_FORMATS = ("contiguous", "channels_last")
@@ -344,7 +344,7 @@ def _plan(example_input, device, dtype, memory_formats, modes, *, quick: bool, m
     """benchmark_cases' settings checked and completed (quick: CI defaults); raises BNCheckUsageError on a bad one."""
     device = torch.device(device) if device is not None else _first_tensor(example_input).device
     if isinstance(dtype, str):
-        from .spec import parse_dtype
+        from bncheck.core.spec import parse_dtype
         dtype = parse_dtype(dtype)
     modes = _checked_modes(modes)
     formats = _checked_formats(memory_formats)
@@ -469,7 +469,7 @@ def benchmark_cases(model: nn.Module, example_input, *, device: torch.device | s
 def layer_inputs(model: nn.Module, example_input) -> dict[str, torch.Tensor]:
     """Each BN layer's real input in one forward pass of a copy of `model` in eval mode (which, unlike train
     mode, accepts any batch size), on the CPU."""
-    from .capture import capture
+    from bncheck.core.capture import capture
 
     return {n: t.detach().cpu() for n, t in capture(model, example_input, train=False).inputs.items()}
 

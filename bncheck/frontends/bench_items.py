@@ -11,7 +11,7 @@ seconds per call. N is the block size torch.utils.benchmark's `blocked_autorange
 cost ≤ 0.01 % of a block); that measurement is kept in extra_info as a cross-check (`torch_timer_median_s`).
 
 Everything here uses pytest-benchmark's public API only (`benchmark.pedantic`, `.extra_info`, `.group`,
-`.enabled`, `.stats`). The work is bncheck.bench; this module is the pytest view of it.
+`.enabled`, `.stats`). The work is bncheck.bench.measure; this module is the pytest view of it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import math
 
 import pytest
 
-from .bench import BenchCase, Result, copy_figure, prepared, timer
-from .errors import BNCheckSkip
+from bncheck.bench.measure import BenchCase, Result, copy_figure, prepared, timer
+from bncheck.core.errors import BNCheckSkip
 
 MIN_ROUNDS = 5
 FIGURES = "bncheck_figures"  # the user property that carries a Result.row() to the summary
@@ -101,9 +101,9 @@ def make_items(parent: pytest.Collector, cases: list[BenchCase]) -> list[pytest.
 
 
 def plan_items(parent: pytest.Collector, plan) -> list[pytest.Item]:
-    """The plugin's --bncheck-benchmark items of one `bncheck.plan.Plan`: every case of its model on its example
+    """The plugin's --bncheck-benchmark items of one `bncheck.run.plan.Plan`: every case of its model on its example
     input, device and dtype, reusing the plan's capture of the BN layers' inputs."""
-    from .bench import benchmark_cases
+    from bncheck.bench.measure import benchmark_cases
 
     settings = plan.settings
     cases = benchmark_cases(plan.model, plan.example, device=settings.device, dtype=settings.dtype,
@@ -114,7 +114,7 @@ def plan_items(parent: pytest.Collector, plan) -> list[pytest.Item]:
 def terminal_summary(terminalreporter) -> None:
     """A "bncheck benchmarks" section: bncheck's table (samples/s, GB/s, fraction of copy) of the measured items,
     which pytest-benchmark's own table (times only) lacks. Rows come from the reports, so xdist is no obstacle."""
-    from .bench_cli import format_table
+    from bncheck.frontends.bench_cli import format_table
 
     rows = [dict(r.user_properties)[FIGURES] for r in terminalreporter.stats.get("passed", [])
             if r.when == "call" and FIGURES in dict(r.user_properties)]

@@ -1,0 +1,1 @@
+"""For users' own tests: hypothesis strategies and example models. Imports bncheck.core and bncheck.checks."""
