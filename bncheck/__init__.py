@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 
 # public name -> the module that defines it, grouped as the README presents them
 _EXPORTS = {
+    # one call for a whole model
+    "check_model": "run.check",
+    **dict.fromkeys(["Report", "Outcome"], "run.report"),
     # per-layer checks
     **dict.fromkeys(["LAYER_CHECKS", "assert_backward", "assert_batch_stats", "assert_dtype", "assert_eval_output",
                      "assert_eval_single_sample", "assert_eval_state_unchanged", "assert_memory_format",
@@ -78,6 +81,8 @@ if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each
     from .core.capture import capture
     from .core.discover import find_batchnorms, is_batchnorm, kind_of
     from .core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning
+    from .run.check import check_model
+    from .run.report import Outcome, Report
     from .syncbn import assert_syncbn_matches
     from .training.ablate import ablate, bn_after_activation, bn_before_activation, drop_bias_before_bn, drop_dropout
     from .training.convergence import (

@@ -63,7 +63,7 @@ def check_close(got, expected, *, where: str, quantity: str, tol: Tolerance, cau
     exp64 = expected.detach().to("cpu", torch.float64)
     if got64.shape != exp64.shape:
         raise BNCheckError(f"{where}: {quantity} has shape {tuple(got64.shape)}, expected {tuple(exp64.shape)}. "
-                           f"Likely cause: {cause}")
+                           f"Likely cause: {cause}", where=where, quantity=quantity, cause=cause)
     if reference is not None:
         tol = tol.allowing(deviation(reference, exp64))
     close = _close(got64, exp64, tol, equal_nan)
@@ -78,13 +78,14 @@ def check_close(got, expected, *, where: str, quantity: str, tol: Tolerance, cau
             cause = hypothesis
             break
     bad = int((~close).sum())
+    index = _index(got64.shape, worst, axes)
+    exp_v, got_v = float(exp64.flatten()[worst]), float(got64.flatten()[worst])
     raise BNCheckError(
         f"{where}: {quantity} differs from the float64 oracle in {bad} of {close.numel()} elements "
-        f"({tol}); worst at {_index(got64.shape, worst, axes)}: expected {_fmt(exp64.flatten()[worst])}, "
-        f"got {_fmt(got64.flatten()[worst])}. Likely cause: {cause}"
-    )
+        f"({tol}); worst at {index}: expected {_fmt(exp_v)}, got {_fmt(got_v)}. Likely cause: {cause}",
+        where=where, quantity=quantity, expected=exp_v, got=got_v, index=index, tolerance=tol, cause=cause)
 
 
 def fail(where: str, what: str, cause: str) -> BNCheckError:
     """A BNCheckError for a failure that is not a numeric mismatch."""
-    return BNCheckError(f"{where}: {what}. Likely cause: {cause}")
+    return BNCheckError(f"{where}: {what}. Likely cause: {cause}", where=where, quantity=what, cause=cause)

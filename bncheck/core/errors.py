@@ -4,7 +4,17 @@ import unittest
 
 
 class BNCheckError(AssertionError):
-    """A BatchNorm layer or model broke the contract; the message says where, what, and why."""
+    """A BatchNorm layer or model broke the contract; the message says where, what, and why, and the fields hold
+    the same as data: `where` (layer, input, mode), `quantity`, `expected` and `got` (the worst element's values),
+    `index` (that element, by axis name), `tolerance`, `cause` (the likely cause), and `report` (the Comparison or
+    DriftReport of a convergence or population assertion). A field a failure does not have is None."""
+
+    def __init__(self, message: str, *, where: str | None = None, quantity: str | None = None,
+                 expected: float | None = None, got: float | None = None, index: str | None = None,
+                 tolerance=None, cause: str | None = None, report=None):
+        super().__init__(message)
+        self.where, self.quantity, self.expected, self.got = where, quantity, expected, got
+        self.index, self.tolerance, self.cause, self.report = index, tolerance, cause, report
 
 
 class BNCheckSkip(unittest.SkipTest):

@@ -4,11 +4,11 @@
 
 import argparse
 import sys
-import warnings
 
 from bncheck.core import spec as spec_mod
-from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
+from bncheck.core.errors import BNCheckUsageError, one_line
 from bncheck.frontends import bench_cli
+from bncheck.run.check import run_plan
 from bncheck.run.plan import Plan, Settings
 
 
@@ -26,27 +26,10 @@ def _settings(args) -> Settings:
 
 
 def check(args) -> int:
-    plan = Plan(spec_mod.load(args.spec, option=None), _settings(args), shape_option="--input-shape ")
-    print(plan.header())
-    failed = 0
-    for case in plan.cases():
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", BNCheckWarning)
-            try:
-                case.run()
-                status, detail = "PASS", ""
-            except BNCheckSkip as exc:
-                status, detail = "SKIP", str(exc)
-            except BNCheckError as exc:
-                status, detail, failed = "FAIL", str(exc), failed + 1
-            except Exception as exc:  # a crash inside a check is a failure of the layer, reported in one line
-                status, detail, failed = "FAIL", one_line(exc), failed + 1
-        lint_findings = [w for w in caught if issubclass(w.category, BNCheckWarning)]
-        if status == "PASS" and lint_findings:
-            status, detail = "WARN", " | ".join(str(w.message) for w in lint_findings)
-        print(f"{status:4}  {case.name}" + (f"\n      {detail}" if detail else ""))
-    print(f"{failed} failed" if failed else "all checks passed")
-    return 1 if failed else 0
+    report = run_plan(Plan(spec_mod.load(args.spec, option=None), _settings(args), shape_option="--input-shape "))
+    print(report)
+    print(f"{len(report.failures)} failed" if report.failures else "all checks passed")
+    return 0 if report.ok else 1
 
 
 def main(argv=None) -> int:

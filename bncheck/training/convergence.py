@@ -436,8 +436,8 @@ def compare_convergence(model: nn.Module, data: Data, *, twin=None, seeds: int |
 
 
 def _failure(cmp: Comparison, message: str) -> BNCheckError:
-    """The assertion's BNCheckError, carrying the Comparison as `.comparison` for programmatic use."""
-    error = BNCheckError(message)
+    """The assertion's BNCheckError, carrying the Comparison as `.report` (and `.comparison`, its older name)."""
+    error = BNCheckError(message, where=cmp.label, report=cmp)
     error.comparison = cmp
     return error
 

@@ -320,4 +320,5 @@ def assert_population_stats(model: nn.Module, data, *, mean_tol: float = MEAN_TO
     if len(by_layer) > 1:
         lines.append(f"Layers after {first or '<model>'!r} see its output: fix the first drifting layer first.")
     lines.append(str(report))
-    raise BNCheckError("\n".join(lines))
+    raise BNCheckError("\n".join(lines), where=title, quantity="running statistics vs population statistics",
+                       cause=by_layer[first][0].likely_cause(), report=report)

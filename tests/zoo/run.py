@@ -2,14 +2,14 @@
 
 import json
 import time
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from bncheck.core.discover import kind_of
-from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
+from bncheck.core.errors import BNCheckUsageError
 from bncheck.core.spec import Loaded
 from bncheck.core.state import private_rng
+from bncheck.run.check import run_plan
 from bncheck.run.plan import Plan, Settings
 
 from .catalog import ZooModel
@@ -50,24 +50,12 @@ def check(zm: ZooModel, *, batch_size: int = 8, seed: int = 0) -> ZooResult:
         return result
     kinds = Counter(kind_of(m).split(",")[0] for m in plan.layers.values())
     result.bn_layers, result.kinds = len(plan.layers), ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items()))
-    for case in plan.cases():
-        result.items += 1
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", BNCheckWarning)
-            try:
-                case.run()
-                result.passed += 1
-            except BNCheckSkip:
-                result.skipped += 1
-            except BNCheckError as exc:
-                result.failed += 1
-                result.failures.append(f"{case.name}: {exc}")
-            except Exception as exc:  # a crash inside a check is a failure too, never hidden
-                result.failed += 1
-                result.failures.append(f"{case.name}: crashed: {one_line(exc)}")
-        found = [str(w.message) for w in caught if issubclass(w.category, BNCheckWarning)]
-        if found:
-            result.warned += 1
-            result.warnings += [f"{case.name}: {w}" for w in dict.fromkeys(found)]
+    report = run_plan(plan)
+    counts = report.counts()
+    result.items = len(report.outcomes)
+    result.passed, result.warned = counts["passed"] + counts["warned"], counts["warned"]
+    result.skipped, result.failed = counts["skipped"], counts["failed"]
+    result.failures = [f"{o.name}: {o.message}" for o in report.failures]
+    result.warnings = [f"{o.name}: {w}" for o in report.outcomes for w in o.warnings]
     result.seconds = round(time.perf_counter() - start, 1)
     return result

@@ -1,0 +1,55 @@
+"""bncheck.check_model: one call runs every item on a model and returns a Report; failures carry their fields."""
+
+import pytest
+import torch
+from mutants import KerasMomentum
+from torch import nn
+
+from bncheck import BNCheckError, Report, assert_batch_stats, check_model
+from bncheck.core.state import Snapshot
+from bncheck.examples import seed_cnn
+
+
+def test_check_model_runs_every_item_and_leaves_the_model_as_it_was():
+    model = seed_cnn()
+    before = Snapshot.of(model)
+    report = check_model(model, input_shape=(1, 28, 28))
+    assert isinstance(report, Report) and report.ok, str(report)
+    assert report.counts() == {"passed": 27, "warned": 0, "failed": 0, "skipped": 2}
+    assert {o.layer for o in report.skips} == {"10", None}  # channels_last on BatchNorm1d, no pair to fuse
+    assert all(o.message for o in report.skips)
+    assert {o.name for o in report.for_layer("3")} >= {"running_stats[3]", "batch_stats[3]"}
+    assert "29 items: 27 passed, 0 warned, 0 failed, 2 skipped" in str(report)
+    report.assert_ok()
+    assert before.differences(model) == []
+
+
+def test_a_failing_model_reports_by_layer_and_check_with_the_errors_fields():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), KerasMomentum(4))
+    report = check_model(model, torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)), name="net")
+    assert not report.ok and [o.name for o in report.failures] == ["running_stats[1]"]
+    error = report.failures[0].error
+    assert isinstance(error, BNCheckError) and error.quantity == "running_mean" and "momentum" in error.cause
+    assert error.expected is not None and error.got is not None and error.index.startswith("channel=")
+    with pytest.raises(BNCheckError, match=r"net: 1 of \d+ items failed:\nrunning_stats\[1\]"):
+        report.assert_ok()
+
+
+def test_a_lint_finding_is_a_warned_outcome():
+    report = check_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), input_shape=(3, 8, 8))
+    (warned,) = report.having("warned")
+    assert warned.name == "lint_redundant_bias" and "bias" in report.warnings[0]
+
+
+def test_a_comparison_failure_carries_where_what_and_the_tolerance():
+    class EpsOutside(nn.BatchNorm1d):
+        def forward(self, x):
+            mean, var = x.mean(0), x.var(0, unbiased=False)
+            return (x - mean) / (var.sqrt() + self.eps) * self.weight + self.bias
+
+    with pytest.raises(BNCheckError) as info:
+        assert_batch_stats(EpsOutside(3, eps=0.1), torch.randn(8, 3), name="bn")
+    error = info.value
+    assert error.where.startswith("bn (EpsOutside") and error.quantity == "output"
+    assert "eps outside the sqrt" in error.cause and error.tolerance.rtol == 1e-4
+    assert f"expected {error.expected:.6g}" in str(error)
