@@ -84,14 +84,14 @@ def test_only_lint_findings_turn_a_pass_into_warn(cli_models, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["cli_models:flipped", "--batch-size", "1"], "error: --batch-size must be at least 2"),
+    (["cli_models:flipped", "--batch-size", "1"], "error: --batch-size=1: must be at least 2"),
     (["cli_models:flipped", "--dtype", "int8"], "error: --dtype=int8: expected one of"),
     (["cli_models:flipped", "--device", "tpu9"], "error: --device=tpu9: "),
     (["cli_models:shapeless"], "error: cli_models:shapeless: no input shape: pass --input-shape C,H,W"),
     (["cli_models:shapeless", "--input-shape", "3,x"], "error: --input-shape=3,x: expected positive integers"),
     (["no_such_module_xyz:net"], "error: no_such_module_xyz:net: cannot import 'no_such_module_xyz'"),
     pytest.param(["cli_models:flipped", "--device", "cuda"], "error: --device=cuda: no CUDA GPU is available "
-                 "(torch.cuda.is_available() is False); use --device=cpu or auto",
+                 "(torch.cuda.is_available() is False); use cpu or auto",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
 ])
 def test_usage_errors_are_one_line_and_name_the_cli_options(cli_models, capsys, args, message):

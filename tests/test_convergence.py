@@ -608,7 +608,7 @@ def test_plugin_ini_data_root_is_relative_to_the_ini_file(convmodels):
 
     convmodels.makepyprojecttoml('[tool.pytest.ini_options]\nbncheck_data_root = "nowhere"\n')
     assert_usage_error(convmodels.runpytest("--bncheck-model=convmodels:digits_cnn"),
-                       f"--bncheck-data-root={convmodels.path / 'nowhere'}: Fashion-MNIST not found")
+                       f"bncheck_data_root={convmodels.path / 'nowhere'}: Fashion-MNIST not found")
 
 
 # --- reference/: the seed experiments regenerate ---------------------------------------------------------------------

@@ -60,7 +60,7 @@ def test_only_the_frontends_import_pytest():
 
 def test_loading_the_plugin_imports_no_torch():
     code = ("import sys, bncheck.frontends.plugin; "
-            "heavy = [m for m in ('torch', 'numpy', 'bncheck.core', 'bncheck.run') if m in sys.modules]; "
+            "heavy = [m for m in ('torch', 'numpy', 'bncheck.core', 'bncheck.run.plan') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

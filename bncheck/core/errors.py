@@ -26,7 +26,19 @@ class BNCheckWarning(UserWarning):
 
 
 class BNCheckUsageError(ValueError):
-    """bncheck was called with input it cannot use (bad spec, shape, device, ...)."""
+    """bncheck was called with input it cannot use (bad spec, shape, device, ...). A bad setting carries its
+    `field` (the setting's name) and `value`, so that each front end names it by its own flag (`flagged`)."""
+
+    def __init__(self, message: str, *, field: str | None = None, value=None):
+        super().__init__(message)
+        self.reason, self.field, self.value = message, field, value
+
+    def flagged(self, flag: str) -> str:
+        """'{flag}={value}: {reason}' for a bad setting, the plain message otherwise."""
+        return f"{flag}={self.value}: {self.reason}" if self.field else self.reason
+
+    def __str__(self) -> str:
+        return self.flagged(self.field) if self.field else self.reason
 
 
 def one_line(exc: BaseException) -> str:

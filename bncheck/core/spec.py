@@ -68,39 +68,39 @@ def load(spec: str, *, option: str | None = "--bncheck-model") -> Loaded:
     return Loaded(spec, obj, example)
 
 
-def parse_shape(text: str, *, option: str = "--bncheck-input-shape") -> tuple[int, ...]:
+def parse_shape(text: str) -> tuple[int, ...]:
     """'3,32,32' -> (3, 32, 32): one sample's shape, without the batch dim."""
     try:
         shape = tuple(int(p) for p in text.replace(" ", "").split(","))
     except ValueError:
         shape = ()
     if not shape or any(s <= 0 for s in shape):
-        raise BNCheckUsageError(f"{option}={text}: expected positive integers like 3,32,32 "
-                                f"(one sample, without the batch dim)")
+        raise BNCheckUsageError("expected positive integers like 3,32,32 (one sample, without the batch dim)",
+                                field="input_shape", value=text)
     return shape
 
 
-def parse_device(text: str, *, option: str = "--bncheck-device") -> torch.device:
+def parse_device(text: str) -> torch.device:
     """'auto' (the GPU when there is one), 'cpu', 'cuda' or 'cuda:N'; a GPU that is not there is an error."""
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError) as exc:
-        raise BNCheckUsageError(f"{option}={text}: {one_line(exc)}") from exc
+        raise BNCheckUsageError(one_line(exc), field="device", value=text) from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise BNCheckUsageError(f"{option}={text}: no CUDA GPU is available (torch.cuda.is_available() "
-                                    f"is False); use {option}=cpu or auto")
+            raise BNCheckUsageError("no CUDA GPU is available (torch.cuda.is_available() is False); use cpu or auto",
+                                    field="device", value=text)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise BNCheckUsageError(f"{option}={text}: only {torch.cuda.device_count()} GPU(s) present")
+            raise BNCheckUsageError(f"only {torch.cuda.device_count()} GPU(s) present", field="device", value=text)
     return device
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
-def parse_dtype(text: str, *, option: str = "--bncheck-dtype") -> torch.dtype:
+def parse_dtype(text: str) -> torch.dtype:
     if text not in _DTYPES:
-        raise BNCheckUsageError(f"{option}={text}: expected one of {', '.join(_DTYPES)}")
+        raise BNCheckUsageError(f"expected one of {', '.join(_DTYPES)}", field="dtype", value=text)
     return _DTYPES[text]

@@ -24,6 +24,8 @@ from bncheck.bench.measure import (
 )
 from bncheck.core.errors import BNCheckUsageError
 from bncheck.core.tolerances import dtype_name
+from bncheck.run.options import DEFAULT_BATCH_SIZE
+from bncheck.run.settings import OPTIONS_BY_NAME
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -92,7 +94,8 @@ def _parse_list(text: str | Sequence[str] | None, default: Sequence[str]) -> tup
     return tuple(text)
 
 
-def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str | None = None, *, batch_size: int = 8,
+def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str | None = None, *,
+              batch_size: int = DEFAULT_BATCH_SIZE,
               device: str | torch.device = "auto", dtypes: Sequence[str | torch.dtype] | str = ("float32",),
               memory_formats: Sequence[str] | str | None = None, modes: Sequence[str] | str = MODES,
               layers: Sequence[str] | str | None = None, quick: bool = False, min_run_time: float | None = None,
@@ -103,6 +106,7 @@ def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str |
     BN layers, "none" (or []) = the model only, or names. `progress` is called with each Result as it comes."""
     from bncheck.core import spec as spec_mod
 
+    OPTIONS_BY_NAME["batch_size"].parse(str(batch_size))  # the check's rule: train-mode BN needs n > 1
     if isinstance(spec_or_model, nn.Module):
         spec, model, example = type(spec_or_model).__name__, spec_or_model, getattr(spec_or_model, "example_input",
                                                                                      None)
@@ -110,14 +114,14 @@ def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str |
         loaded = spec_mod.load(spec_or_model, option=None)
         spec, model, example = loaded.spec, loaded.model, loaded.example_input
     if isinstance(input_shape, str):
-        input_shape = spec_mod.parse_shape(input_shape, option="--input-shape")
+        input_shape = spec_mod.parse_shape(input_shape)
     if input_shape is not None:
         example = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed))
     if example is None:
         raise BNCheckUsageError(f"{spec}: no input shape: pass --input-shape C,H,W (one sample, without the batch "
                                 f"dim), or give the model an `example_input` attribute")
-    dev = spec_mod.parse_device(device, option="--device") if isinstance(device, str) else torch.device(device)
-    dtype_list = [spec_mod.parse_dtype(d, option="--dtype") if isinstance(d, str) else d
+    dev = spec_mod.parse_device(device) if isinstance(device, str) else torch.device(device)
+    dtype_list = [spec_mod.parse_dtype(d) if isinstance(d, str) else d
                   for d in _parse_list(dtypes, ())]
     if isinstance(layers, str):
         layers = [] if layers in ("none", "") else None if layers == "all" else list(_parse_list(layers, ()))
@@ -142,7 +146,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("spec", help="module.path:attr (an nn.Module or zero-argument factory), e.g. "
                                 "torchvision.models:resnet50 or torch.nn:LazyBatchNorm2d")
     p.add_argument("--input-shape", help="one sample's shape without the batch dim, e.g. 3,224,224")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16,float16,float64")
     p.add_argument("--memory-format", default="contiguous,channels_last",

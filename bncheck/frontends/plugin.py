@@ -4,46 +4,32 @@ Options and hooks only; the work is bncheck.run.plan. Heavy imports happen insid
 
 import pytest
 
+from bncheck.run.options import OPTIONS
+
 MODEL_OPTION = "--bncheck-model"
 BENCHMARK_OPTION = "--bncheck-benchmark"
-CONVERGENCE_OPTION = "--bncheck-convergence"
-DATA_ROOT_OPTION = "--bncheck-data-root"
-_OPTIONS = [
-    # (option, ini name, help, extra addoption kwargs)
-    (MODEL_OPTION, "bncheck_model", "model to check: module.path:attr (an nn.Module or a zero-argument factory); "
-     "repeatable", {"action": "append", "metavar": "SPEC"}),
-    ("--bncheck-input-shape", "bncheck_input_shape", "one sample's shape without the batch dim, e.g. 3,32,32",
-     {"metavar": "C,H,W"}),
-    ("--bncheck-batch-size", "bncheck_batch_size", "batch size of the example input (default 8)", {"type": int}),
-    ("--bncheck-device", "bncheck_device", "auto (the GPU when there is one), cpu, cuda or cuda:N", {}),
-    ("--bncheck-dtype", "bncheck_dtype", "float32 (default); float16/bfloat16 pick the dtype check's input dtype",
-     {}),
-    ("--bncheck-seed", "bncheck_seed", "seed of the example input and the layers' test state (default 0)",
-     {"type": int}),
-    ("--bncheck-strict", "bncheck_strict", "lint findings fail instead of warn", {"action": "store_true"}),
-    ("--bncheck-syncbn", "bncheck_syncbn", "also check torch's BN layers converted to nn.SyncBatchNorm across 2 "
-     "processes (needs 2 GPUs; synchronized BN layers are always checked)", {"action": "store_true"}),
-    (BENCHMARK_OPTION, "bncheck_benchmark", "also add throughput benchmark items through pytest-benchmark: the model "
-     "and each BN layer x forward_train, forward_eval, backward x memory format", {"action": "store_true"}),
-    (CONVERGENCE_OPTION, "bncheck_convergence", "also add a convergence item per model: it must reach 0.9 test "
-     "accuracy in fewer steps than its no-BN twin, on real data fitting its input (built in: 8x8 digits, MNIST-5k; "
-     "or --bncheck-data-root)", {"action": "store_true"}),
-    (DATA_ROOT_OPTION, "bncheck_data_root", "directory holding FashionMNIST/raw/ with the four uncompressed IDX files "
-     "(train-*, t10k-*): the convergence item's data instead of the built-in sets; never downloads",
-     {"metavar": "DIR"}),
-]
-_DEFAULTS = {"bncheck_batch_size": 8, "bncheck_device": "auto", "bncheck_dtype": "float32", "bncheck_seed": 0,
-             "bncheck_strict": False}
+_MODEL_HELP = "model to check: module.path:attr (an nn.Module or a zero-argument factory); repeatable"
+_BENCHMARK_HELP = ("also add throughput benchmark items through pytest-benchmark: the model and each BN layer x "
+                   "forward_train, forward_eval, backward x memory format")
 _PLANS = pytest.StashKey[list]()
 
 
+def _flag(name: str) -> str:
+    return f"--bncheck-{name.replace('_', '-')}"
+
+
 def pytest_addoption(parser):
+    """--bncheck-<name> and the ini key bncheck_<name> for every option of the table, plus the plugin's own."""
     group = parser.getgroup("bncheck", "bncheck: BatchNorm contract checks")
-    for option, ini, help_text, kwargs in _OPTIONS:
-        group.addoption(option, dest=ini, help=help_text, **kwargs)
-        ini_type = ("linelist" if ini == "bncheck_model" else
-                    "bool" if kwargs.get("action") == "store_true" else "string")
-        parser.addini(ini, help=help_text, type=ini_type, default=None)
+    group.addoption(MODEL_OPTION, dest="bncheck_model", action="append", metavar="SPEC", help=_MODEL_HELP)
+    parser.addini("bncheck_model", help=_MODEL_HELP, type="linelist", default=None)
+    for option in OPTIONS:
+        kwargs = {"action": "store_true"} if option.switch else {"metavar": option.metavar}
+        group.addoption(_flag(option.name), dest=f"bncheck_{option.name}", help=option.help, **kwargs)
+        parser.addini(f"bncheck_{option.name}", help=option.help, type="bool" if option.switch else "string",
+                      default=None)
+    group.addoption(BENCHMARK_OPTION, dest="bncheck_benchmark", action="store_true", help=_BENCHMARK_HELP)
+    parser.addini("bncheck_benchmark", help=_BENCHMARK_HELP, type="bool", default=None)
 
 
 def _not_given(value) -> bool:
@@ -51,35 +37,26 @@ def _not_given(value) -> bool:
     return value is None or value is False or (isinstance(value, (str, list)) and not value)
 
 
-def _setting(config, ini: str):
-    value = config.getoption(ini)
+def _given(config, name: str) -> tuple[object, str]:
+    """(value, how the user spelled it): the command line's, else the ini file's (a relative data_root is relative
+    to the ini file), else (None, flag)."""
+    value = config.getoption(f"bncheck_{name}")
+    if not _not_given(value):
+        return value, _flag(name)
+    value = config.getini(f"bncheck_{name}")
     if _not_given(value):
-        value = config.getini(ini)
-    return _DEFAULTS.get(ini) if _not_given(value) else value
+        return None, _flag(name)
+    if name == "data_root" and config.inipath is not None:
+        value = str(config.inipath.parent / value)
+    return value, f"bncheck_{name}"
 
 
-def _integer(config, ini: str) -> int:
-    value = _setting(config, ini)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        from bncheck.core.errors import BNCheckUsageError
-
-        raise BNCheckUsageError(f"{ini} = {value!r}: expected an integer") from None
-
-
-def _data_root(config) -> str | None:
-    """--bncheck-data-root as given (relative to the current directory), or the ini value relative to the ini file."""
-    value = config.getoption("bncheck_data_root")
-    if _not_given(value):
-        value = config.getini("bncheck_data_root")
-        if not _not_given(value) and config.inipath is not None:
-            value = str(config.inipath.parent / value)
-    return None if _not_given(value) else value
+def _setting(config, name: str):
+    return _given(config, name)[0]
 
 
 def _specs(config) -> list[str]:
-    return list(dict.fromkeys(_setting(config, "bncheck_model") or []))
+    return list(dict.fromkeys(_setting(config, "model") or []))
 
 
 def pytest_configure(config):
@@ -96,33 +73,16 @@ def pytest_sessionstart(session):
         return
     from bncheck.core import spec as spec_mod
     from bncheck.core.errors import BNCheckUsageError
-    from bncheck.run.plan import Plan, Settings
+    from bncheck.run.plan import Plan
+    from bncheck.run.settings import settings_from
 
+    given = {option.name: _given(config, option.name) for option in OPTIONS}
     try:
-        shape = _setting(config, "bncheck_input_shape")
-        settings = Settings(
-            input_shape=spec_mod.parse_shape(shape) if shape else None,
-            batch_size=_integer(config, "bncheck_batch_size"),
-            device=spec_mod.parse_device(_setting(config, "bncheck_device")),
-            dtype=spec_mod.parse_dtype(_setting(config, "bncheck_dtype")),
-            seed=_integer(config, "bncheck_seed"),
-            strict=bool(_setting(config, "bncheck_strict")),
-            syncbn=bool(_setting(config, "bncheck_syncbn")),
-            convergence=bool(_setting(config, "bncheck_convergence")),
-            data_root=_data_root(config),
-        )
-        if settings.batch_size < 2:
-            raise BNCheckUsageError("--bncheck-batch-size must be at least 2 (train-mode BN needs n > 1)")
-        if settings.data_root is not None:
-            from bncheck.training.data import check_fashion_root
-
-            try:
-                check_fashion_root(settings.data_root)
-            except BNCheckUsageError as exc:
-                raise BNCheckUsageError(f"{DATA_ROOT_OPTION}={settings.data_root}: {exc}") from None
+        settings = settings_from({name: value for name, (value, _) in given.items()})
         config.stash[_PLANS] = [Plan(spec_mod.load(s), settings) for s in specs]
     except BNCheckUsageError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        flag = given[exc.field][1] if exc.field in given else None
+        raise pytest.UsageError(exc.flagged(flag) if flag else str(exc)) from None
 
 
 def pytest_ignore_collect(collection_path, config):
@@ -186,7 +146,7 @@ def pytest_collection_modifyitems(session, config, items):
         name = f"bncheck[{plan.spec}]"
         collector = BNCheckModel.from_parent(session, name=name, nodeid=name, plan=plan)
         added = collector.collect()
-        if _setting(config, "bncheck_benchmark"):
+        if _setting(config, "benchmark"):
             from bncheck.frontends.bench_items import plan_items
 
             added += plan_items(collector, plan)
@@ -196,7 +156,7 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    if _setting(config, "bncheck_benchmark"):
+    if _setting(config, "benchmark"):
         from bncheck.frontends.bench_items import terminal_summary
 
         terminal_summary(terminalreporter)

@@ -7,8 +7,9 @@ from torch import nn
 
 from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckWarning, one_line
 from bncheck.core.spec import Loaded
-from bncheck.run.plan import Case, Plan, Settings
+from bncheck.run.plan import Case, Plan
 from bncheck.run.report import Outcome, Report
+from bncheck.run.settings import Settings
 
 
 def run_case(case: Case) -> Outcome:

@@ -5,7 +5,7 @@ The user's model is only ever cloned: the work happens on a copy moved to the ch
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -18,6 +18,7 @@ from bncheck.core.harness import nonfinite
 from bncheck.core.spec import Loaded
 from bncheck.core.state import clone, materialized
 from bncheck.core.tolerances import LOW_PRECISION, dtype_name
+from bncheck.run.settings import Settings
 from bncheck.syncbn.check import check_model_layer, syncbn_targets
 
 LINTS = {
@@ -27,19 +28,6 @@ LINTS = {
 }
 
 TRAINS_THE_MODEL = {"train_vs_eval", "state_dict_roundtrip"}  # model checks that run the whole model in train mode
-
-
-@dataclass(frozen=True)
-class Settings:
-    input_shape: tuple[int, ...] | None = None
-    batch_size: int = 8
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype = torch.float32
-    seed: int = 0
-    strict: bool = False
-    syncbn: bool = False  # also check torch's BN layers converted to nn.SyncBatchNorm across processes
-    convergence: bool = False  # also the convergence item: faster than the no-BN twin on real data
-    data_root: str | None = None  # Fashion-MNIST for the convergence item (else a built-in data set)
 
 
 @dataclass(frozen=True)

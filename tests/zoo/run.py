@@ -10,7 +10,8 @@ from bncheck.core.errors import BNCheckUsageError
 from bncheck.core.spec import Loaded
 from bncheck.core.state import private_rng
 from bncheck.run.check import run_plan
-from bncheck.run.plan import Plan, Settings
+from bncheck.run.plan import Plan
+from bncheck.run.settings import Settings
 
 from .catalog import ZooModel
 
