@@ -1,6 +1,7 @@
 """Shared test configuration: hypothesis profiles, and the fixtures of the plugin tests (test_plugin.py,
 test_bench.py)."""
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,15 @@ def d8():
     from bncheck.data import digits
 
     return digits()
+
+
+def write_idx(path, array) -> None:
+    """Write a uint8 array as an uncompressed IDX file (the MNIST / Fashion-MNIST format): a big-endian
+    magic 0x0000 08 <ndim>, one big-endian int32 per dim, then the bytes."""
+    import numpy as np
+
+    array = np.ascontiguousarray(np.asarray(array, dtype=np.uint8))
+    with open(path, "wb") as f:
+        f.write(struct.pack(">HBB", 0, 0x08, array.ndim))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.tobytes())

@@ -14,7 +14,6 @@ from bncheck.core.errors import BNCheckUsageError
 from bncheck.core.state import Snapshot
 from bncheck.examples import seed_cnn
 from bncheck.training.ablate import (
-    ABLATIONS,
     ablate,
     bn_after_activation,
     bn_before_activation,
@@ -215,9 +214,3 @@ def test_drop_dropout():
     with pytest.raises(BNCheckUsageError, match="no dropout layer"):
         drop_dropout(mlp())
 
-
-def test_ablations_table():
-    expected = {"no_bn": ablate, "bn_after_activation": bn_after_activation,
-                "bn_before_activation": bn_before_activation, "no_bias_before_bn": drop_bias_before_bn,
-                "no_dropout": drop_dropout}
-    assert expected == ABLATIONS

@@ -261,7 +261,7 @@ INNER_TESTS = '''
 import pytest, timeit, torch
 from torch import nn
 from bncheck.bench import measure as bench
-from bncheck.frontends.bench_items import pytest_benchmark_run
+from bncheck.frontends.bench_items import run_benchmark
 from test_bench_helpers import FakeStream, fake_case
 
 torch.set_num_threads(1)
@@ -274,7 +274,7 @@ STREAM = FakeStream(0.002)
 @pytest.mark.parametrize("attempt", range({attempts}))
 def test_fixed_op(benchmark, attempt):
     from torch.utils.benchmark import Timer
-    result = pytest_benchmark_run(benchmark, CASE)
+    result = run_benchmark(benchmark, CASE)
     with bench.prepared(CASE, warmup=0) as fn:  # the same kind of tensors (see test_measure_agrees_...)
         benchmark.extra_info["reference_s"] = Timer("fn()", globals={{"fn": fn}}, num_threads=1,
                                                     timer=timeit.default_timer).blocked_autorange(
@@ -283,7 +283,7 @@ def test_fixed_op(benchmark, attempt):
 
 
 def test_fake_device_bncheck(benchmark):
-    pytest_benchmark_run(benchmark, fake_case(STREAM))
+    run_benchmark(benchmark, fake_case(STREAM))
     benchmark.extra_info["true_s"] = STREAM.true_time()
 
 

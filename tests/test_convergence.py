@@ -562,7 +562,7 @@ def test_plugin_convergence_skips_with_a_one_line_reason(convmodels, model, frag
 
 
 def _tiny_fashion(root, n_train=300, n_test=100):
-    from bncheck.data import write_idx
+    from conftest import write_idx
 
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)

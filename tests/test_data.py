@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 from torch import nn
 
 from bncheck.core.errors import BNCheckUsageError
@@ -19,7 +20,6 @@ from bncheck.data import (
     for_input_shape,
     mnist5k,
     model_device,
-    write_idx,
 )
 from bncheck.training.convergence import compare_convergence
 from bncheck.training.progress import progress_bar, progress_enabled

@@ -14,9 +14,9 @@ import torch
 
 import bncheck.run.plan  # noqa: F401  (imported once here: in-process runs then reuse it instead of re-importing)
 from bncheck.checks import LAYER_CHECKS
+from bncheck.checks.lints import LINTS
 from bncheck.checks.model import MODEL_CHECKS
 from bncheck.core.state import Snapshot
-from bncheck.run.plan import LINTS
 
 HAS_CUDA = torch.cuda.is_available()
 AUTO_DEVICE = "cuda" if HAS_CUDA else "cpu"

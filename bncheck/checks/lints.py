@@ -89,10 +89,17 @@ def find_frozen_affine_training(model: nn.Module) -> list[Finding]:
     return findings
 
 
-def lint(model: nn.Module, example_input=None) -> list[Finding]:
+# Each lint by name: f(model, example_input, producers) -> findings (producers: a capture's BN -> producer map).
+LINTS = {
+    "redundant_bias": lambda model, x, producers: find_redundant_bias(model, x, producers=producers),
+    "keras_momentum": lambda model, x, producers: find_keras_momentum(model),
+    "frozen_affine": lambda model, x, producers: find_frozen_affine_training(model),
+}
+
+
+def lint(model: nn.Module, example_input=None, *, producers: dict[str, str] | None = None) -> list[Finding]:
     """Every lint's findings for `model`."""
-    return (find_redundant_bias(model, example_input) + find_keras_momentum(model)
-            + find_frozen_affine_training(model))
+    return [f for check in LINTS.values() for f in check(model, example_input, producers)]
 
 
 def warn(findings: list[Finding], stacklevel: int = 2) -> None:

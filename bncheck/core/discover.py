@@ -46,6 +46,11 @@ def kind_of(module: nn.Module) -> str:
     return f"{cls.__name__}, BN-like"
 
 
+def layer_label(name: str) -> str:
+    """A layer's name in messages: '' (a BN given as the whole model) reads '<model>'."""
+    return name or "<model>"
+
+
 def find_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     """Every BN-like layer of `model` by qualified name, in registration order; nested BN-likes included."""
     if is_batchnorm(model):

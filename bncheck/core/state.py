@@ -27,13 +27,21 @@ def materialized(module: nn.Module, example_input) -> nn.Module:
     under no_grad on `example_input` (a tensor, or a tuple of positional inputs), its train/eval flags left as they
     were; untouched when nothing is lazy. Returns `module`."""
     if any(is_lazy(t) for t in [*module.parameters(), *module.buffers()]):
-        training = {m: m.training for m in module.modules()}
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-        with torch.no_grad():  # in eval mode no running statistic moves
+        with modes_kept(module), torch.no_grad():  # in eval mode no running statistic moves
             module.eval()(*inputs)
+    return module
+
+
+@contextlib.contextmanager
+def modes_kept(module: nn.Module):
+    """A block after which every submodule's train/eval flag is as it was before, whatever the block did."""
+    training = {m: m.training for m in module.modules()}
+    try:
+        yield module
+    finally:
         for m, flag in training.items():
             m.training = flag
-    return module
 
 
 def without_extensions(bn: nn.Module) -> nn.Module:

@@ -1,7 +1,7 @@
 """bncheck's benchmark cases through pytest-benchmark's `benchmark` fixture, timed correctly on a GPU.
 
 pytest-benchmark reads its clock (perf_counter) around rounds of `iterations` calls and never synchronizes the
-device, so for CUDA work it times kernel launches. `pytest_benchmark_run` therefore runs the case through
+device, so for CUDA work it times kernel launches. `run_benchmark` therefore runs the case through
 `benchmark.pedantic(step, rounds=R, iterations=N)` where `step` calls the case's function and synchronizes the
 device on every N-th call, i.e. as the last call of each round: each round's clock stops after the device has
 finished all N calls, and it started with the device idle, because the previous round (or, before the first,
@@ -40,7 +40,7 @@ class _SyncEveryNth:
             self.synchronize()
 
 
-def pytest_benchmark_run(benchmark, case: BenchCase, *, min_run_time: float | None = None) -> Result | None:
+def run_benchmark(benchmark, case: BenchCase, *, min_run_time: float | None = None) -> Result | None:
     """Time `case` through pytest-benchmark's `benchmark` fixture (see the module docstring) and store what ran
     and the figures in `benchmark.extra_info`. Returns the Result, or None when benchmarks are disabled
     (--benchmark-disable, or xdist): then the case runs once, as a smoke test. A case that cannot run skips."""
@@ -77,7 +77,7 @@ def pytest_benchmark_run(benchmark, case: BenchCase, *, min_run_time: float | No
 def item_function(case: BenchCase):
     """A test function for `case` that requests pytest-benchmark's fixture (what `make_items` collects)."""
     def bncheck_benchmark(benchmark, record_property):
-        result = pytest_benchmark_run(benchmark, case)
+        result = run_benchmark(benchmark, case)
         if result is not None:
             record_property(FIGURES, result.row())
     bncheck_benchmark.__doc__ = f"bncheck benchmark {case.name}"

@@ -160,7 +160,7 @@ def pytest_terminal_summary(terminalreporter, config):
         from bncheck.frontends.bench_items import terminal_summary
 
         terminal_summary(terminalreporter)
-    from bncheck.run.plan import layer_label
+    from bncheck.core.discover import layer_label
 
     counts: dict[str, dict[str, int]] = {}
     for outcome in ("passed", "failed", "skipped", "error"):

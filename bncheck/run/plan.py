@@ -12,7 +12,7 @@ import torch
 from bncheck.checks import LAYER_CHECKS, lints
 from bncheck.checks.model import MODEL_CHECKS
 from bncheck.core.capture import capture
-from bncheck.core.discover import find_batchnorms, kind_of
+from bncheck.core.discover import find_batchnorms, kind_of, layer_label
 from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
 from bncheck.core.harness import nonfinite
 from bncheck.core.spec import Loaded
@@ -20,12 +20,6 @@ from bncheck.core.state import clone, materialized
 from bncheck.core.tolerances import LOW_PRECISION, dtype_name
 from bncheck.run.settings import Settings
 from bncheck.syncbn.check import check_model_layer, syncbn_targets
-
-LINTS = {
-    "redundant_bias": lambda plan: lints.find_redundant_bias(plan.work, producers=plan.producers),
-    "keras_momentum": lambda plan: lints.find_keras_momentum(plan.work),
-    "frozen_affine": lambda plan: lints.find_frozen_affine_training(plan.work),
-}
 
 TRAINS_THE_MODEL = {"train_vs_eval", "state_dict_roundtrip"}  # model checks that run the whole model in train mode
 
@@ -42,10 +36,6 @@ class Case:
 _SEVERAL_INPUTS = (" (a model that takes several inputs needs them as a tuple: a factory returning (module, "
                    "(input1, input2, ...)), or an `example_input` tuple attribute)")
 SLICE_SAMPLES, SLICE_POSITIONS = 4, 32
-
-
-def layer_label(name: str) -> str:
-    return name or "<model>"
 
 
 def representative(x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +120,7 @@ class Plan:
         cases = [Case(f"{check}[{layer_label(name)}]", name, self._layer_check(check, name))
                  for name in self.layers for check in LAYER_CHECKS]
         cases += [Case(f"model_{check}", None, self._model_check(check)) for check in MODEL_CHECKS]
-        cases += [Case(f"lint_{lint}", None, self._lint(lint)) for lint in LINTS]
+        cases += [Case(f"lint_{lint}", None, self._lint(lint)) for lint in lints.LINTS]
         cases += [Case(f"syncbn[{layer_label(name)}]", name, self._syncbn(name))
                   for name in syncbn_targets(self.model, convert=self.settings.syncbn)]
         if self.settings.convergence:
@@ -214,7 +204,7 @@ class Plan:
 
     def _lint(self, lint: str):
         def run():
-            findings = LINTS[lint](self)
+            findings = lints.LINTS[lint](self.work, self.example, self.producers)
             if findings and self.settings.strict:
                 raise BNCheckError(f"{self.spec}: lint {lint} failed under --bncheck-strict: "
                                    + " | ".join(map(str, findings)))

@@ -46,7 +46,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bncheck.core import oracle
 from bncheck.core.compare import check_close
-from bncheck.core.discover import is_batchnorm
+from bncheck.core.discover import is_batchnorm, layer_label
 from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, one_line
 from bncheck.core.harness import nontrivial_state, set_state
 from bncheck.core.state import clone
@@ -92,7 +92,7 @@ def check_model_layer(spec: str, name: str, sample_shape, *, convert: bool = Fal
     """assert_syncbn_matches, world size 2, on layer `name` of model `spec`, with samples shaped like
     `sample_shape` (C, *spatial; spatial sizes capped at 4 to keep the processes quick)."""
     channels, *spatial = sample_shape
-    label = f"{spec} {name or '<model>'}" + (" (converted to nn.SyncBatchNorm)" if convert else "")
+    label = f"{spec} {layer_label(name)}" + (" (converted to nn.SyncBatchNorm)" if convert else "")
     assert_syncbn_matches(layer_factory(spec, name, convert), world_size=2, seed=seed, name=label,
                           sample_shape=(channels, *(min(s, 4) for s in spatial)))
 

@@ -126,11 +126,3 @@ def drop_dropout(model: nn.Module) -> nn.Module:
         _replace(twin, name, nn.Identity())
     return twin
 
-
-ABLATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "no_bn": ablate,
-    "bn_after_activation": bn_after_activation,
-    "bn_before_activation": bn_before_activation,
-    "no_bias_before_bn": drop_bias_before_bn,
-    "no_dropout": drop_dropout,
-}

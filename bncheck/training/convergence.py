@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bncheck.core.errors import BNCheckError, BNCheckUsageError, one_line
-from bncheck.core.state import clone, materialized, private_rng
+from bncheck.core.state import clone, materialized, modes_kept, private_rng
 from bncheck.training.ablate import ablate
 from bncheck.training.data import Data, model_device
 from bncheck.training.progress import progress_bar
@@ -132,17 +132,13 @@ def _share_weights(source: nn.Module, target: nn.Module) -> None:
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn=F.cross_entropy,
              chunk: int = 1000) -> tuple[float, float]:
     """(accuracy, mean loss) of `model` in eval mode on (x, y); the model's modes are restored afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     correct, total_loss = 0, 0.0
-    try:
+    with modes_kept(model):
+        model.eval()
         for i in range(0, len(x), chunk):
             out = model(x[i:i + chunk])
             total_loss += float(loss_fn(out, y[i:i + chunk], reduction="sum"))
             correct += int((out.argmax(1) == y[i:i + chunk]).sum())
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
     return correct / len(x), total_loss / len(x)
 
 

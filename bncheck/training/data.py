@@ -15,7 +15,6 @@ import functools
 import itertools
 import math
 import os
-import struct
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -215,18 +214,6 @@ def fashion_mnist(data_root, *, train_limit: int | None = None, test_limit: int 
     x_test = test.data[:test_limit].numpy().astype(np.float32)[:, None] / 255.0
     return _make("Fashion-MNIST", x_train, train.targets[:train_limit].numpy(), x_test,
                  test.targets[:test_limit].numpy(), len(train.classes))
-
-
-def write_idx(path, array) -> None:
-    """Write a uint8 array as an uncompressed IDX file (the MNIST / Fashion-MNIST format): a big-endian
-    magic 0x0000 08 <ndim>, one big-endian int32 per dim, then the bytes."""
-    import numpy as np
-
-    array = np.ascontiguousarray(np.asarray(array, dtype=np.uint8))
-    with open(path, "wb") as f:
-        f.write(struct.pack(">HBB", 0, 0x08, array.ndim))
-        f.write(struct.pack(f">{array.ndim}I", *array.shape))
-        f.write(array.tobytes())
 
 
 def for_input_shape(shape: tuple[int, ...], *, data_root=None, seed: int = 0) -> Data:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bncheck.core.discover import find_batchnorms, kind_of
+from bncheck.core.discover import find_batchnorms, kind_of, layer_label
 from bncheck.core.errors import BNCheckError, BNCheckUsageError, one_line
 from bncheck.core.state import clone
 from bncheck.training.data import Data, model_device
@@ -239,7 +239,7 @@ class LayerDrift:
         c_var, ratio = self.worst_var()
         median_mean = float(self.mean_drift[_quantile_channel(self.mean_drift.nan_to_num(nan=math.inf), 0.5)])
         median_var = float(self.var_ratio[_quantile_channel(self.log_var_ratio, 0.5)])
-        return (f"  {self.layer or '<model>':<16} {self.kind:<14} {median_mean:>10.3g}σ {mean:>9.3g}σ ch {c_mean:<4} "
+        return (f"  {layer_label(self.layer):<16} {self.kind:<14} {median_mean:>10.3g}σ {mean:>9.3g}σ ch {c_mean:<4} "
                 f"{median_var:>9.3g}× {ratio:>9.3g}× ch {c_var}")
 
 
@@ -281,13 +281,13 @@ def population_drift(model: nn.Module, data, *, split: str = "train", batch_size
         layer = layers[name]
         mean, var = _buffer64(layer, "running_mean"), _buffer64(layer, "running_var")
         if mean is None or var is None:
-            untracked.append(name or "<model>")
+            untracked.append(layer_label(name))
             continue
         tracked = getattr(layer, "num_batches_tracked", None)
         drifts.append(LayerDrift(name, kind_of(layer), pop, mean, var, float(getattr(layer, "eps", 1e-5)),
                                  getattr(layer, "momentum", None),
                                  int(tracked) if isinstance(tracked, torch.Tensor) else None))
-    not_called = [name or "<model>" for name in layers if name not in stats]
+    not_called = [layer_label(name) for name in layers if name not in stats]
     return DriftReport(source, drifts, untracked, not_called)
 
 
@@ -314,11 +314,11 @@ def assert_population_stats(model: nn.Module, data, *, mean_tol: float = MEAN_TO
     lines = [f"{title}: {len(by_layer)} BN layer(s) have running statistics far from the population statistics of "
              f"their input over {report.source}:"]
     for drift, problems in by_layer.values():
-        lines.append(f"- layer {drift.layer or '<model>'!r} ({drift.kind}): {'; '.join(problems)}. Likely cause: "
+        lines.append(f"- layer {layer_label(drift.layer)!r} ({drift.kind}): {'; '.join(problems)}. Likely cause: "
                      f"{drift.likely_cause()}")
     first = next(iter(by_layer))
     if len(by_layer) > 1:
-        lines.append(f"Layers after {first or '<model>'!r} see its output: fix the first drifting layer first.")
+        lines.append(f"Layers after {layer_label(first)!r} see its output: fix the first drifting layer first.")
     lines.append(str(report))
     raise BNCheckError("\n".join(lines), where=title, quantity="running statistics vs population statistics",
                        cause=by_layer[first][0].likely_cause(), report=report)
