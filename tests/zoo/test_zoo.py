@@ -4,6 +4,7 @@ catalog.QUICK run in the default suite.
 
 With BNCHECK_ZOO_RESULTS=DIR each model's result is also written to DIR/<id>.json, for tests/zoo/report.py."""
 
+import json
 import os
 from pathlib import Path
 
@@ -51,3 +52,14 @@ def test_the_zoo_covers_the_libraries():
     assert {"torchvision", "timm", "efficientnet_pytorch"} <= libraries, libraries
     assert sum(zm.library == "timm" for zm in models) >= 30
     assert sum(zm.library == "torchvision" for zm in models) >= 60
+
+
+def test_the_report_lists_every_model_and_counts_the_failures():
+    from .report import render
+
+    ok = run.ZooResult("torchvision:a", (3, 8, 8), bn_layers=2, kinds="BatchNorm2d: 2", items=5, passed=5)
+    bad = run.ZooResult("timm:b", (3, 8, 8), items=3, passed=2, failed=1, failures=["fusion: off"])
+    page = render([json.loads(r.to_json()) for r in (ok, bad)], seconds=12)
+    assert "**2 models** (timm: 1, torchvision: 1): **1 pass every item, 1 fail**" in page
+    assert "| torchvision:a | 3x8x8 | 2 | BatchNorm2d: 2 | 5 | 5 | 0 | 0 | 0 | 0.0 |" in page
+    assert "## Failures\n\n- timm:b: fusion: off" in page
