@@ -1,7 +1,9 @@
 """Speed benchmarks (pytest-benchmark) behind docs/PERFORMANCE.md; each also asserts the run is all green."""
 
+import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -61,3 +63,25 @@ def test_plugin_run_on_resnet18(benchmark, tmp_path):
 @pytest.mark.slow
 def test_import_share_of_a_plugin_run(benchmark):
     benchmark.pedantic(_run, args=(IMPORTS,), rounds=3, iterations=1)
+
+
+def _one_test_run(directory, *plugin_args) -> float:
+    """Seconds of a whole `pytest` process running one trivial test in `directory`."""
+    start = time.perf_counter()
+    _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin_args, str(directory)])
+    return time.perf_counter() - start
+
+
+@pytest.mark.timing
+def test_an_installed_bncheck_costs_a_pytest_run_under_a_tenth_of_a_second(tmp_path):
+    """A one-test pytest run in an unrelated directory, with bncheck installed vs `-p no:bncheck`: medians of 5
+    interleaved runs each (the plugin's entry point imports no torch, tests/test_layout.py)."""
+    (tmp_path / "test_one.py").write_text("def test_one():\n    assert True\n")
+    with_bncheck, without = [], []
+    for _ in range(5):
+        with_bncheck.append(_one_test_run(tmp_path))
+        without.append(_one_test_run(tmp_path, "-p", "no:bncheck"))
+    cost = statistics.median(with_bncheck) - statistics.median(without)
+    print(f"one-test pytest run: {statistics.median(with_bncheck):.2f} s with bncheck, "
+          f"{statistics.median(without):.2f} s with -p no:bncheck: {cost:+.3f} s")
+    assert cost < 0.1, (with_bncheck, without)
