@@ -342,6 +342,22 @@ def test_ids_are_identical_serially_and_under_xdist(bnmodels):
         "bncheck[bnmodels:flipped]::running_stats[1]"}
     run.stdout.fnmatch_lines(["*bncheck summary*", "bncheck[bnmodels:flipped] 1: 9 passed, 1 failed"])
     assert run.ret == pytest.ExitCode.TESTS_FAILED
+    # the controller runs no item: it names the models and builds no plan
+    run.stdout.fnmatch_lines(["bncheck: bnmodels:net on cpu, float32, torch *; 2 BN layers "
+                              "(BatchNorm1d: 1, BatchNorm2d: 1); checked in the workers"])
+
+
+def test_an_xdist_worker_gives_torch_its_share_of_the_cores(bnmodels):
+    bnmodels.makepyfile(test_threads="""
+        import os, torch
+
+        def test_threads():
+            assert torch.get_num_threads() == max(1, os.cpu_count() // 2)
+    """)
+    result = bnmodels.runpytest_subprocess("--bncheck-model=bnmodels:net", "test_threads.py", "-n", "2", "-v",
+                                           "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*PASSED test_threads.py::test_threads*"])
+    assert result.ret == 0
 
 
 # --- broken BN, no BN, lints ------------------------------------------------------------------------------------------

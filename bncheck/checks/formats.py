@@ -1,5 +1,6 @@
 """Number formats and memory layouts: low-precision inputs and channels_last give the contract's results."""
 
+import functools
 import warnings
 
 import torch
@@ -32,7 +33,7 @@ def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISIO
                 twin = case.fresh(dtype if case.frozen else torch.float32)
                 weight, bias = params(twin)
                 where = case.where(probe, f"{dtype} input", "train mode" if train else "eval mode")
-                reference = torch_output(twin, xs, train=train, eps=case.eps)
+                reference = functools.partial(torch_output, twin, xs, train=train, eps=case.eps)
                 y = run(twin, xs, train=train)
                 if y.dtype != dtype:
                     promoted.setdefault(dtype, y.dtype)

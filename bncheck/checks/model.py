@@ -16,7 +16,6 @@ from bncheck.core.compare import check_close, fail, matches
 from bncheck.core.discover import find_batchnorms, is_frozen
 from bncheck.core.errors import BNCheckSkip
 from bncheck.core.state import Snapshot, clone, materialized, without_extensions
-from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import FUSION, tolerance
 
 FUSION_SAMPLES = 2  # fusion is per sample in eval mode: two samples of each producer's real input show it
@@ -40,7 +39,6 @@ def _twin(model: nn.Module, x) -> nn.Module:
     return materialized(clone(model), x)
 
 
-@single_threaded
 def assert_eval_no_state_change(model: nn.Module, x, *, name: str = "") -> None:
     """A forward of the whole model in eval mode changes no parameter or buffer."""
     twin = _twin(model, x).eval()
@@ -56,7 +54,6 @@ def _trainable_bns(model):
     return {n: m for n, m in find_batchnorms(model).items() if not is_frozen(m)}
 
 
-@single_threaded
 def assert_train_differs_from_eval(model: nn.Module, x, *, name: str = "") -> None:
     """Where BN layers train, train-mode and eval-mode outputs differ (batch vs running statistics)."""
     bns = _trainable_bns(model)
@@ -64,30 +61,28 @@ def assert_train_differs_from_eval(model: nn.Module, x, *, name: str = "") -> No
         raise BNCheckSkip(f"{_title(model, name)}: no BN layer that trains with running statistics")
     # Only the BN layers train: dropout or other mode-dependent layers must not make the outputs differ for them.
     base = _twin(model, x)
-    twin = clone(base).eval()
+    eval_out = _run(clone(base), x, train=False)
+    twin = base.eval()  # our own copy: it may train now
     for bn_name in bns:
         twin.get_submodule(bn_name).train()
     train_out = _run(twin, x, train=None)
-    eval_out = _run(clone(base), x, train=False)
     if all(matches(a, b, tolerance(torch.float64)) for a, b in zip(train_out, eval_out)):
         raise fail(f"{_title(model, name)}", "train-mode and eval-mode outputs are identical",
                    "the BN layers ignore the module's mode (train() has no effect), or the model is never "
                    "switched: check overridden train()/eval() and functional batch_norm calls")
 
 
-@single_threaded
 def assert_state_dict_roundtrip(model: nn.Module, x, *, name: str = "") -> None:
     """After a train step, state_dict() loaded into a fresh copy gives identical eval outputs (NaN where the
     trained model's is NaN); skips when the trained model's eval output is nowhere finite."""
-    base = _twin(model, x)
-    trained = clone(base)
+    trained = _twin(model, x)
+    restored = clone(trained)  # before the step: the same architecture and initial values
     outs = _run(trained, x, train=True, grad=True)
     params = [p for p in trained.parameters() if p.requires_grad]
     if params and outs:
         # A gentle step: the sum of a deep model's outputs at lr 0.01 sends it to NaN, which proves nothing.
         sum(o.float().mean() for o in outs).backward()
         torch.optim.SGD(params, lr=1e-3).step()
-    restored = clone(base)
     restored.load_state_dict(trained.state_dict())
     expected = _run(trained, x, train=False)
     if expected and not any(bool(o.isfinite().any()) for o in expected):
@@ -123,7 +118,6 @@ class _BNModeWatch(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-@single_threaded
 def assert_bn_ops_follow_mode(model: nn.Module, x, *, name: str = "") -> None:
     """In eval mode no batch_norm op runs with training=True on running statistics (the 'eval ignored' bug)."""
     twin = _twin(model, x).eval()
@@ -165,15 +159,18 @@ def _fused_outputs(producer: nn.Module, bn: nn.Module, x: torch.Tensor, dtype: t
 
 
 def _fused_pair(producer: nn.Module, bn: nn.Module, x: torch.Tensor):
-    """(fused, unfused, tolerance): in float64, so that only the BN's own eval formula can tell them apart; in x's
-    dtype at the looser FUSION bound where a layer does not run in float64."""
+    """(fused, unfused, tolerance), in x's dtype when they agree to float32's tolerance (the usual case, and cheap);
+    else in float64, so that only the BN's own eval formula can tell them apart (deep, wide or large-valued layers
+    round differently in float32); in x's dtype at the looser FUSION bound where a layer does not run in float64."""
+    fused, unfused = _fused_outputs(producer, bn, x, x.dtype)
+    if matches(fused, unfused, tolerance(torch.float32)):
+        return fused, unfused, tolerance(torch.float32)
     try:
         return *_fused_outputs(producer, bn, x, torch.float64), tolerance(torch.float32)
     except (RuntimeError, TypeError):
-        return *_fused_outputs(producer, bn, x, x.dtype), FUSION
+        return fused, unfused, FUSION
 
 
-@single_threaded
 def assert_fusion_matches(model: nn.Module, x, *, name: str = "") -> None:
     """Each conv/linear → BN pair, fused for inference (torch.nn.utils.fusion), gives the unfused eval output.
 

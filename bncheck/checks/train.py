@@ -1,5 +1,7 @@
 """Train-mode forward: standardization, the batch statistics behind it, and the n = 1 guard."""
 
+import functools
+
 import torch
 
 from bncheck.core import oracle
@@ -23,19 +25,18 @@ def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
                 weight.fill_(1.0)
             if bias is not None:
                 bias.zero_()
-        reference = torch_output(twin, probe.x, train=True, eps=case.eps)
-        ref_stats = None if reference is None else oracle.batch_stats(reference)
+        reference = _reference_stats(twin, probe.x, case.eps)
         y = run(twin, probe.x, train=True)
         stats_in, stats_out = oracle.batch_stats(probe.x), oracle.batch_stats(y)
         tol = tolerance(probe.x.dtype)
         cause = "the layer does not standardize each channel over N and the spatial dims (dims other than 1)"
         check_close(stats_out.mean, torch.zeros_like(stats_out.mean), where=case.where(probe),
                     quantity="per-channel mean of the output (γ=1, β=0)", tol=tol,
-                    reference=None if ref_stats is None else ref_stats.mean,
+                    reference=lambda: reference("mean"),
                     cause=cause + ", or does not subtract the batch mean")
         check_close(stats_out.var.sqrt(), (stats_in.var / (stats_in.var + case.eps)).sqrt(), where=case.where(probe),
                     quantity="per-channel std of the output (γ=1, β=0)", tol=tol,
-                    reference=None if ref_stats is None else ref_stats.var.sqrt(),
+                    reference=lambda: reference("std"),
                     cause=cause + ", or does not divide by sqrt(var + eps)")
 
 
@@ -68,12 +69,26 @@ def assert_batch_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
             ("statistics over the batch dim only (per position), not over the spatial dims too",
              lambda: _normalized_over(xp, [0], eps, weight, bias)),
         ]
-        reference = torch_output(twin, xp, train=True, eps=eps)
+        reference = functools.partial(torch_output, twin, xp, train=True, eps=eps)
         y = run(twin, probe.x, train=True)
         check_close(y, oracle.train_forward(xp, eps, weight, bias), where=case.where(probe, "train mode"),
                     quantity="output", tol=tolerance(probe.x.dtype), axes=("sample", "channel"),
                     hypotheses=hypotheses, reference=reference,
                     cause="wrong batch statistics: reduction over the wrong dims, a wrong variance, or eps misplaced")
+
+
+def _reference_stats(twin, x, eps: float):
+    """f('mean' | 'std'): the per-channel mean or std of torch's own train output with the twin's state on x (None
+    where torch refuses), computed once, on first use: only a failing comparison needs it."""
+    @functools.cache
+    def stats():
+        y = torch_output(twin, x, train=True, eps=eps)
+        return None if y is None else oracle.batch_stats(y)
+
+    def of(which: str):
+        found = stats()
+        return None if found is None else found.mean if which == "mean" else found.var.sqrt()
+    return of
 
 
 def _normalized_over(x, dims, eps, weight, bias):

@@ -1,5 +1,6 @@
 """A layer under test: the user's layer (never touched), its inputs, and prepared copies to run checks on."""
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -57,7 +58,8 @@ class LayerCase:
         self.channels = x.shape[1]
         c = self.channels
         self.state = nontrivial_state(c, self.seed)
-        probe = self.fresh()
+        self._template = self._prepared()
+        probe = self._template
         for key in self.state:
             t = getattr(probe, key, None)
             if isinstance(t, torch.Tensor) and t.shape != (c,):
@@ -88,7 +90,7 @@ class LayerCase:
         if not self.tracks:
             raise BNCheckSkip(f"{self.title}: track_running_stats=False, no running statistics")
 
-    def fresh(self, dtype: torch.dtype | None = None) -> nn.Module:
+    def _prepared(self) -> nn.Module:
         """A copy of the layer on x's device, lazy parameters materialized, extension children (activation,
         dropout of 'BN + act' layers) replaced by Identity, and γ, β, running stats set to non-trivial values."""
         twin = without_extensions(clone(self.layer).to(self.x.device))
@@ -98,6 +100,12 @@ class LayerCase:
             nbt = getattr(twin, "num_batches_tracked", None)
             if isinstance(nbt, torch.Tensor):
                 nbt.fill_(3)
+        return twin
+
+    def fresh(self, dtype: torch.dtype | None = None) -> nn.Module:
+        """A new copy of the prepared layer (see _prepared), in `dtype` if given: every run starts from the same
+        state, and the user's layer is never touched."""
+        twin = copy.deepcopy(self._template)
         if dtype is not None:
             twin.to(dtype)
         return twin

@@ -2,6 +2,8 @@
 
 Options and hooks only; the work is bncheck.run.plan. Heavy imports happen inside hooks."""
 
+import os
+
 import pytest
 
 from bncheck.run.options import OPTIONS
@@ -12,6 +14,8 @@ _MODEL_HELP = "model to check: module.path:attr (an nn.Module or a zero-argument
 _BENCHMARK_HELP = ("also add throughput benchmark items through pytest-benchmark: the model and each BN layer x "
                    "forward_train, forward_eval, backward x memory format")
 _PLANS = pytest.StashKey[list]()
+_HEADERS = pytest.StashKey[list]()  # an xdist controller's header lines: it builds no plan
+_THREADS = pytest.StashKey[int]()  # an xdist worker's torch thread count before bncheck shared out the cores
 
 
 def _flag(name: str) -> str:
@@ -79,7 +83,16 @@ def pytest_sessionstart(session):
     given = {option.name: _given(config, option.name) for option in OPTIONS}
     try:
         settings = settings_from({name: value for name, (value, _) in given.items()})
-        config.stash[_PLANS] = [Plan(spec_mod.load(s), settings) for s in specs]
+        loaded = [spec_mod.load(s) for s in specs]
+        if _is_xdist_controller(config):  # the workers build the plans and run the items: only say what they check
+            from bncheck.core.discover import find_batchnorms
+            from bncheck.run.plan import header
+
+            config.stash[_HEADERS] = [header(m.spec, find_batchnorms(m.model), settings) + "; checked in the workers"
+                                      for m in loaded]
+            return
+        _share_the_cores(config)
+        config.stash[_PLANS] = [Plan(m, settings) for m in loaded]
     except BNCheckUsageError as exc:
         flag = given[exc.field][1] if exc.field in given else None
         raise pytest.UsageError(exc.flagged(flag) if flag else str(exc)) from None
@@ -93,8 +106,31 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+def _share_the_cores(config) -> None:
+    """In an xdist worker, torch gets this worker's share of the CPU cores (restored at the end): two workers on
+    two cores, each with torch's default two threads, ran a whole model's checks 3-4x slower than one thread each."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:
+        import torch
+
+        config.stash[_THREADS] = torch.get_num_threads()
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
+def pytest_sessionfinish(session):
+    threads = session.config.stash.get(_THREADS, None)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _is_xdist_controller(config) -> bool:
+    return config.pluginmanager.has_plugin("dsession") and not hasattr(config, "workerinput")
+
+
 def pytest_report_header(config):
-    return [plan.header() for plan in config.stash.get(_PLANS, [])]
+    return config.stash.get(_HEADERS, []) + [plan.header() for plan in config.stash.get(_PLANS, [])]
 
 
 class BNCheckItem(pytest.Item):

@@ -46,6 +46,14 @@ def representative(x: torch.Tensor) -> torch.Tensor:
     return x[(slice(0, SLICE_SAMPLES), slice(None)) + (slice(0, SLICE_POSITIONS),) * (x.dim() - 2)].clone()
 
 
+def header(spec: str, layers: dict, settings: Settings) -> str:
+    """'bncheck: SPEC on cpu, float32, torch 2.x; 2 BN layers (BatchNorm1d: 1, BatchNorm2d: 1)'."""
+    kinds = Counter(kind_of(m).split(",")[0] for m in layers.values())
+    found = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "none"
+    return (f"bncheck: {spec} on {settings.device}, {dtype_name(settings.dtype)}, torch {torch.__version__}; "
+            f"{len(layers)} BN layers ({found})")
+
+
 class Plan:
     def __init__(self, loaded: Loaded, settings: Settings, *, shape_option: str = "--bncheck-input-shape="):
         self.spec = loaded.spec
@@ -106,11 +114,8 @@ class Plan:
         return tuple(map(to, given)) if isinstance(given, tuple) else to(given)
 
     def header(self) -> str:
-        kinds = Counter(kind_of(m).split(",")[0] for m in self.layers.values())
-        found = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "none"
-        return (f"bncheck: {self.spec} on {self.settings.device}, {dtype_name(self.settings.dtype)}, "
-                f"torch {torch.__version__}; {len(self.layers)} BN layers ({found})"
-                + (f"; inputs captured in eval mode (train mode: {self.train_error})" if self.train_error else ""))
+        return header(self.spec, self.layers, self.settings) + (
+            f"; inputs captured in eval mode (train mode: {self.train_error})" if self.train_error else "")
 
     def cases(self) -> list[Case]:
         if not self.layers:
