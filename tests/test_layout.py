@@ -66,6 +66,14 @@ def test_loading_the_plugin_imports_no_torch():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_a_pytest_run_without_bncheck_models_imports_no_torch(pytester):
+    """The whole plugin, every hook included, in a run that never names a model."""
+    pytester.makepyfile(test_one="def test_one():\n    import sys\n    assert 'torch' not in sys.modules\n")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly").assert_outcomes(passed=1)
+    pytester.makeconftest("import sys\n\ndef pytest_unconfigure():\n    assert 'torch' not in sys.modules\n")
+    assert pytester.runpytest_subprocess("-p", "no:cacheprovider").ret == 0
+
+
 def test_every_documented_path_works():
     for name in bncheck.__all__:
         assert getattr(bncheck, name) is not None, name

@@ -196,6 +196,8 @@ def pytest_terminal_summary(terminalreporter, config):
         from bncheck.frontends.bench_items import terminal_summary
 
         terminal_summary(terminalreporter)
+    if not _specs(config):  # a run without bncheck's items imports nothing of bncheck's (nor torch)
+        return
     from bncheck.core.discover import layer_label
 
     counts: dict[str, dict[str, int]] = {}
