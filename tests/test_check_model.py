@@ -53,3 +53,10 @@ def test_a_comparison_failure_carries_where_what_and_the_tolerance():
     assert error.where.startswith("bn (EpsOutside") and error.quantity == "output"
     assert "eps outside the sqrt" in error.cause and error.tolerance.rtol == 1e-4
     assert f"expected {error.expected:.6g}" in str(error)
+
+
+def test_no_input_is_a_usage_error_in_the_library_s_own_words():
+    from bncheck import BNCheckUsageError
+
+    with pytest.raises(BNCheckUsageError, match="no input shape: pass input_shape=C,H,W"):
+        check_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))

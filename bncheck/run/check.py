@@ -45,4 +45,4 @@ def check_model(model: nn.Module, x=None, *, input_shape: tuple[int, ...] | None
     dim). Returns the Report; `report.assert_ok()` raises a BNCheckError listing every failure."""
     settings = Settings(input_shape=input_shape, batch_size=batch_size, seed=seed,
                         device=torch.device("cpu" if device is None else device), dtype=dtype, strict=strict)
-    return run_plan(Plan(Loaded(name or type(model).__name__, model, x), settings))
+    return run_plan(Plan(Loaded(name or type(model).__name__, model, x), settings, shape_option="input_shape="))
