@@ -12,7 +12,7 @@ The factory is called in every worker process, so it must be picklable: a module
 ``functools.partial`` of one, never a lambda or a local function::
 
     import functools
-    from bncheck.syncbn.check import assert_syncbn_matches
+    from bncheck.syncbn import assert_syncbn_matches
 
     def test_my_sync_bn():  # on the CPU, with gloo
         assert_syncbn_matches(functools.partial(MySyncBatchNorm, 8), world_size=2)

@@ -5,7 +5,7 @@ Property-test your own BN against bncheck's float64 oracle::
     from hypothesis import given
     from bncheck.core import oracle
     from bncheck.core.compare import check_close
-    from bncheck.testing.strategies import bn_case
+    from bncheck.strategies import bn_case
     from bncheck.core.tolerances import tolerance
 
     @given(bn_case())
