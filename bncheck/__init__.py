@@ -13,13 +13,16 @@ _EXPORTS = {
     "check_model": "run.check",
     **dict.fromkeys(["Report", "Outcome"], "run.report"),
     # per-layer checks
-    **dict.fromkeys(["LAYER_CHECKS", "assert_backward", "assert_batch_stats", "assert_dtype", "assert_eval_output",
-                     "assert_eval_single_sample", "assert_eval_state_unchanged", "assert_memory_format",
-                     "assert_running_stats", "assert_single_value_raises", "assert_standardization"], "checks"),
+    **dict.fromkeys(["LAYER_CHECKS", "assert_backward", "assert_batch_stats", "assert_channel_mismatch_raises",
+                     "assert_dtype", "assert_empty_batch", "assert_eval_output", "assert_eval_single_sample",
+                     "assert_eval_state_unchanged", "assert_grad_modes", "assert_large_eps", "assert_memory_format",
+                     "assert_non_contiguous", "assert_running_stats", "assert_single_value_raises",
+                     "assert_standardization", "assert_statistics_registered"], "checks"),
     # model checks, lints, discovery, capture
     **dict.fromkeys(["MODEL_CHECKS", "assert_bn_ops_follow_mode", "assert_eval_no_state_change",
                      "assert_fusion_matches", "assert_state_dict_roundtrip", "assert_train_differs_from_eval"],
                     "checks.model"),
+    "assert_model_running_stats": "checks.model_statistics",
     **dict.fromkeys(["find_frozen_affine_training", "find_keras_momentum", "find_redundant_bias", "lint"],
                     "checks.lints"),
     **dict.fromkeys(["find_batchnorms", "is_batchnorm", "kind_of"], "core.discover"),
@@ -29,9 +32,10 @@ _EXPORTS = {
     # convergence, ablation, data, population statistics, synchronized BN
     **dict.fromkeys(["ablate", "bn_after_activation", "bn_before_activation", "drop_bias_before_bn",
                      "drop_dropout"], "training.ablate"),
-    **dict.fromkeys(["Training", "assert_converges_faster", "assert_no_slower", "assert_same_speed",
-                     "assert_tolerates_higher_lr", "combinations", "compare_convergence", "fit", "sweep", "train"],
-                    "training.convergence"),
+    **dict.fromkeys(["Training", "fit", "train"], "training.fit"),
+    **dict.fromkeys(["assert_converges_faster", "assert_no_slower", "assert_same_speed", "assert_tolerates_higher_lr",
+                     "compare_convergence"], "training.convergence"),
+    **dict.fromkeys(["combinations", "sweep"], "training.sweep"),
     **dict.fromkeys(["Data", "digits", "fashion_mnist", "for_input_shape", "mnist5k"], "training.data"),
     **dict.fromkeys(["assert_population_stats", "population_drift", "population_stats"], "training.population"),
     "assert_syncbn_matches": "syncbn",
@@ -60,14 +64,20 @@ if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each
         LAYER_CHECKS,
         assert_backward,
         assert_batch_stats,
+        assert_channel_mismatch_raises,
         assert_dtype,
+        assert_empty_batch,
         assert_eval_output,
         assert_eval_single_sample,
         assert_eval_state_unchanged,
+        assert_grad_modes,
+        assert_large_eps,
         assert_memory_format,
+        assert_non_contiguous,
         assert_running_stats,
         assert_single_value_raises,
         assert_standardization,
+        assert_statistics_registered,
     )
     from .checks.lints import find_frozen_affine_training, find_keras_momentum, find_redundant_bias, lint
     from .checks.model import (
@@ -78,6 +88,7 @@ if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each
         assert_state_dict_roundtrip,
         assert_train_differs_from_eval,
     )
+    from .checks.model_statistics import assert_model_running_stats
     from .core.capture import capture
     from .core.discover import find_batchnorms, is_batchnorm, kind_of
     from .core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning
@@ -86,16 +97,13 @@ if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each
     from .syncbn import assert_syncbn_matches
     from .training.ablate import ablate, bn_after_activation, bn_before_activation, drop_bias_before_bn, drop_dropout
     from .training.convergence import (
-        Training,
         assert_converges_faster,
         assert_no_slower,
         assert_same_speed,
         assert_tolerates_higher_lr,
-        combinations,
         compare_convergence,
-        fit,
-        sweep,
-        train,
     )
     from .training.data import Data, digits, fashion_mnist, for_input_shape, mnist5k
+    from .training.fit import Training, fit, train
     from .training.population import assert_population_stats, population_drift, population_stats
+    from .training.sweep import combinations, sweep

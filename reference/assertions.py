@@ -12,7 +12,8 @@ from bncheck.core.errors import BNCheckError
 from bncheck.data import digits
 from bncheck.examples import seed_cnn
 from bncheck.training.ablate import bn_after_activation
-from bncheck.training.convergence import assert_converges_faster, assert_same_speed, sweep
+from bncheck.training.convergence import assert_converges_faster, assert_same_speed
+from bncheck.training.sweep import sweep
 
 from .networks import digits_cnn, mlp
 

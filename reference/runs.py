@@ -12,8 +12,9 @@ from pathlib import Path
 from torch import nn
 
 from bncheck.data import Data
-from bncheck.training.convergence import Training, combinations, initialized, train
+from bncheck.training.fit import Training, initialized, train
 from bncheck.training.progress import progress_bar
+from bncheck.training.sweep import combinations
 
 COLUMNS = ("experiment", "data", "network", "setting", "batch_size", "lr", "seed", "epoch", "loss", "accuracy",
            "test_loss", "test_accuracy", "time")

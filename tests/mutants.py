@@ -64,8 +64,10 @@ class ScratchBN(nn.Module):
         return self.training or not self.track_running_stats
 
     def check_input(self, x):
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"expected {self.num_features} channels (dim 1), got input of size {tuple(x.shape)}")
         n = x.numel() // x.shape[1]
-        if self.uses_batch_stats() and n <= 1:
+        if self.uses_batch_stats() and n == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         if self.training and self.eps <= 0:
             raise ValueError(f"batch_norm eps must be positive during training, but got {self.eps}")
@@ -81,8 +83,10 @@ class ScratchBN(nn.Module):
         # Computed apart from the normalization statistics, so that a mutant's normalization defect stays out of
         # the running statistics (one defect per mutant).
         n = x.numel() // x.shape[1]
-        mean, var = x.mean(channel_dims(x)), x.var(channel_dims(x), correction=0)
         self.count_batch()
+        if n == 0:  # an empty batch has no statistics
+            return
+        mean, var = x.mean(channel_dims(x)), x.var(channel_dims(x), correction=0)
         m = self.momentum_factor()
         self.running_mean.copy_(self.average(self.running_mean, mean, m))
         self.running_var.copy_(self.average(self.running_var, self.unbias(var, n), m))
@@ -446,6 +450,110 @@ class ChannelsLastIgnored(nn.BatchNorm2d):
         return super().forward(torch.as_strided(x, x.shape, torch.empty(x.shape).stride(), x.storage_offset()))
 
 
+
+class StridesIgnored(nn.BatchNorm1d):
+    """Reads a (N, C, L) input's storage as if it were contiguous, scrambling transposed or sliced input."""
+    caught_by, rank = "non_contiguous", 3
+
+    def forward(self, x):
+        return super().forward(torch.as_strided(x, x.shape, torch.empty(x.shape).stride(), x.storage_offset()))
+
+
+class ViewNotReshape(ScratchBN):
+    """Flattens the spatial dims with x.view(N, C, -1), which raises on a non-contiguous input."""
+    caught_by, rank, diagnosis = "non_contiguous", 4, "use x.reshape"
+
+    def batch_stats(self, x):
+        flat = x.view(x.shape[0], x.shape[1], -1)
+        mean = flat.mean((0, 2)).view(1, -1, 1, 1)
+        return mean, (x - mean).square().mean(self.reduce_dims(x), keepdim=True)
+
+
+# --- the edges of the contract ------------------------------------------------------------------------------
+
+class StatisticsNotBuffers(ScratchBN):
+    """Keeps running_mean/running_var as plain tensor attributes (a textbook pattern): state_dict() loses them."""
+    caught_by, rank, diagnosis = "statistics_registered", 4, "register_buffer"
+
+    def __init__(self, num_features, **kwargs):
+        super().__init__(num_features, **kwargs)
+        for key in ("running_mean", "running_var"):
+            value = self._buffers.pop(key)
+            setattr(self, key, value)
+
+
+class EmptyBatchNaN(ScratchBN):
+    """Updates the running statistics from an empty batch too: 0/0 leaves them NaN."""
+    caught_by, rank, diagnosis = "empty_batch", 4, "skip the running-statistics update"
+
+    def update_running(self, x):
+        self.count_batch()
+        mean, var = x.mean(channel_dims(x)), x.var(channel_dims(x), correction=0)
+        n = x.numel() // x.shape[1]
+        m = self.momentum_factor()
+        self.running_mean.copy_(self.average(self.running_mean, mean, m))
+        self.running_var.copy_(self.average(self.running_var, var * n / max(n - 1, 1), m))
+
+
+class EmptyBatchRaises(ScratchBN):
+    """Guards n > 1 with `n <= 1`, so an empty batch (n = 0) raises."""
+    caught_by, rank, diagnosis = "empty_batch", 2, "treats N = 0 as an error"
+
+    def check_input(self, x):
+        if self.uses_batch_stats() and x.numel() // x.shape[1] <= 1:
+            raise ValueError("Expected more than 1 value per channel when training")
+
+
+class ChannelsBroadcast(ScratchBN):
+    """Never checks the channel count: a 1-channel input broadcasts against γ, β and the statistics."""
+    caught_by, rank, diagnosis = "channel_mismatch", 4, "broadcast silently"
+
+    def check_input(self, x):
+        if self.uses_batch_stats() and x.numel() // x.shape[1] == 1:
+            raise ValueError("Expected more than 1 value per channel when training")
+
+
+class FunctionalDefaultEps(DuckBN):
+    """Calls F.batch_norm with eps=1e-5 written out instead of self.eps: invisible at the default eps."""
+    caught_by, rank = "large_eps", 3
+
+    def forward(self, x):
+        return F.batch_norm(x, *self.running(), self.weight, self.bias, self.training, self.momentum, 1e-5)
+
+
+class BatchStatsOnlyWithGrad(ScratchBN):
+    """Uses batch statistics only when the input requires grad (`self.training and x.requires_grad`)."""
+    caught_by, rank, diagnosis = "grad_modes", 4, "by the autograd mode"
+
+    def statistics(self, x):
+        if self.training and x.requires_grad:
+            return self.batch_stats(x)
+        return per_channel(self.running_mean, x), per_channel(self.running_var, x)
+
+
+class MomentumZeroIsNone(ScratchBN):
+    """Tests the momentum for truth (`self.momentum or 1/num_batches_tracked`): momentum=0 averages cumulatively."""
+    caught_by, rank, diagnosis = "running_stats", 2, "momentum=0 is taken for momentum=None"
+
+    def momentum_factor(self) -> float:
+        return self.momentum or 1.0 / float(self.num_batches_tracked)
+
+
+class AbsGamma(ScratchBN):
+    """Scales by |γ| (a positivity constraint gone wrong): invisible while every γ is positive."""
+    caught_by, rank = "batch_stats", 4
+
+    def scale_shift(self, x_hat):
+        return x_hat * per_channel(self.weight.abs(), x_hat) + per_channel(self.bias, x_hat)
+
+
+class ComputesInFloat32(ScratchBN):
+    """Computes in float32 whatever the input's dtype: float64 input gets float32 precision (a warning)."""
+    caught_by, rank, diagnosis, warns = "backward", 4, "below its input's precision", True
+
+    def compute_dtype(self, x) -> torch.dtype:
+        return torch.float32
+
 MUTANTS: list[type[nn.Module]] = [
     KerasMomentum, BiasedRunningVar, RunningStatsReplaced, NoBatchCounter, EpsAddedToRunningVar,
     MomentumNoneAsDefault, DuckCopiesBuffers,
@@ -453,7 +561,9 @@ MUTANTS: list[type[nn.Module]] = [
     PerPositionStats, PerSampleStats, TrainUsesRunningStats, NoSingleValueGuard,
     EvalUsesBatchStats, UpdatesInEval, EvalBatchMean,
     DetachedStats, WrongDgammaFunction, WrongDxFunction, GammaDetached,
-    HalfOutputUpcast, RunningStatsInInputDtype, ChannelsLastIgnored,
+    HalfOutputUpcast, RunningStatsInInputDtype, ChannelsLastIgnored, StridesIgnored, ViewNotReshape,
+    StatisticsNotBuffers, EmptyBatchNaN, EmptyBatchRaises, ChannelsBroadcast, FunctionalDefaultEps,
+    BatchStatsOnlyWithGrad, MomentumZeroIsNone, AbsGamma, ComputesInFloat32,
 ]
 
 

@@ -126,6 +126,25 @@ eval_frozen.example_input = _x(4, 3, 8, 8)
 nobn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
 nobn.example_input = _x(4, 3, 8, 8)
 
+
+class TextbookBN(nn.Module):
+    """Statistics as plain tensor attributes, as a popular textbook writes them: state_dict() does not save them."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+        self.running_mean, self.running_var = torch.zeros(c), torch.ones(c)
+        self.momentum, self.eps = 0.1, 1e-5
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                            self.momentum, self.eps)
+
+
+textbook = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), TextbookBN(4))
+textbook.example_input = _x(4, 3, 8, 8)
+nobn.example_input = _x(4, 3, 8, 8)
+
 # Bad inputs.
 not_a_model = 3
 

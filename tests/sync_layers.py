@@ -1,8 +1,8 @@
 """Synchronized BatchNorm layers for tests/test_syncbn.py: a correct one written from scratch for CPU/gloo, mutants
 with the known synchronization bugs, and layers whose workers misbehave (hang, raise, die, outlive a killed parent)
-to prove that the SyncBN check always shuts its processes down.
+to prove that the SyncBN check always shuts its processes down; and rank functions for the launcher alone.
 
-Module-level classes, so that every worker process can unpickle a factory of them (tests/ is on sys.path).
+Module-level, so that every worker process can unpickle them or a factory of them (tests/ is on sys.path).
 """
 
 import os
@@ -181,3 +181,19 @@ def shared_sync_bn() -> SumSyncBatchNorm:
 # Model instances a spec names ('sync_layers:PLAIN_MODEL'), as the plugin's --bncheck-model does.
 PLAIN_MODEL = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
 SYNC_MODEL = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), SumSyncBatchNorm(4), nn.ReLU())
+
+
+# ---- rank functions for bncheck.syncbn.launch alone ------------------------------------------------------------
+
+def all_reduced_rank(rank: int, world_size: int, device: torch.device, payload) -> int:
+    """The sum of every rank's number, all-reduced over the process group."""
+    t = torch.tensor([rank], device=device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def raising_rank(rank: int, world_size: int, device: torch.device, payload) -> int:
+    """Rank 1 raises (quoting the payload) while rank 0 waits in a collective that rank 1 never joins."""
+    if rank == 1:
+        raise ValueError(f"planted failure, payload {payload!r}")
+    return all_reduced_rank(rank, world_size, device, payload)

@@ -1,4 +1,4 @@
-"""bncheck.bench.measure and bncheck.frontends.bench_items: the byte model, the cases, that a benchmark never
+"""bncheck.bench and bncheck.frontends.bench_items: the byte model, the cases, that a benchmark never
 changes the model or the settings it touches, that the time is right (CPU: within 10 % of torch.utils.benchmark, through
 measure() and through pytest-benchmark; a simulated asynchronous device and, on a GPU, CUDA itself: an
 unsynchronized timer is shown to be wrong), the pytest-benchmark JSON, the quick/disabled CI mode and the CLI.
@@ -20,8 +20,11 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 from bncheck.__main__ import main
-from bncheck.bench import measure as bench
-from bncheck.bench.measure import BenchCase, benchmark_cases, bn_min_bytes, measure
+from bncheck.bench.cases import BenchCase, benchmark_cases, case_name
+from bncheck.bench.results import measure
+from bncheck.bench.roofline import bn_min_bytes
+from bncheck.bench.timing import prepared
+from bncheck.bench.workloads import MODES
 from bncheck.core.errors import BNCheckUsageError
 from bncheck.core.state import Snapshot
 from bncheck.examples import seed_cnn
@@ -166,7 +169,7 @@ def test_measure_agrees_with_torch_utils_benchmark_on_cpu(one_thread):
                               min_run_time=0.2, copy_nbytes=32 << 20)
 
     def reference() -> float:
-        with bench.prepared(case, warmup=0) as fn:
+        with prepared(case, warmup=0) as fn:
             return Timer("fn()", globals={"fn": fn}, num_threads=1, timer=CPU_CLOCK).blocked_autorange(
                 min_run_time=0.2).median
     tries = []
@@ -260,14 +263,15 @@ def test_sync_every_nth_synchronizes_once_per_round():
 INNER_TESTS = '''
 import pytest, timeit, torch
 from torch import nn
-from bncheck.bench import measure as bench
+from bncheck.bench.cases import benchmark_cases
+from bncheck.bench.timing import prepared
 from bncheck.frontends.bench_items import run_benchmark
 from test_bench_helpers import FakeStream, fake_case
 
 torch.set_num_threads(1)
 X = torch.randn(16, 32, 64, 64, generator=torch.Generator().manual_seed(0))
-(CASE,) = bench.benchmark_cases(nn.BatchNorm2d(32), X, modes=["forward_eval"], memory_formats=["contiguous"],
-                                min_run_time=0.2, copy_nbytes=32 << 20)
+(CASE,) = benchmark_cases(nn.BatchNorm2d(32), X, modes=["forward_eval"], memory_formats=["contiguous"],
+                          min_run_time=0.2, copy_nbytes=32 << 20)
 STREAM = FakeStream(0.002)
 
 
@@ -275,7 +279,7 @@ STREAM = FakeStream(0.002)
 def test_fixed_op(benchmark, attempt):
     from torch.utils.benchmark import Timer
     result = run_benchmark(benchmark, CASE)
-    with bench.prepared(CASE, warmup=0) as fn:  # the same kind of tensors (see test_measure_agrees_...)
+    with prepared(CASE, warmup=0) as fn:  # the same kind of tensors (see test_measure_agrees_...)
         benchmark.extra_info["reference_s"] = Timer("fn()", globals={{"fn": fn}}, num_threads=1,
                                                     timer=timeit.default_timer).blocked_autorange(
             min_run_time=0.2).median
@@ -304,12 +308,12 @@ class Model(pytest.Collector):
 
 def pytest_collection_modifyitems(session, config, items):
     """What the bncheck plugin does under --bncheck-benchmark: items from make_items under a collector."""
-    from bncheck.bench import measure as bench
+    from bncheck.bench.cases import benchmark_cases
     from bncheck.frontends.bench_items import make_items
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
     parent = Model.from_parent(session, name="bncheck[tiny]", nodeid="bncheck[tiny]")
-    cases = bench.benchmark_cases(model, torch.randn(4, 3, 8, 8), quick=True, memory_formats=["channels_last"])
+    cases = benchmark_cases(model, torch.randn(4, 3, 8, 8), quick=True, memory_formats=["channels_last"])
     items.extend(make_items(parent, cases))
 '''
 
@@ -319,7 +323,7 @@ def bench_dir(pytester, monkeypatch):
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # else pytest-benchmark disables itself inside
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makepyfile(test_inner=INNER_TESTS.format(attempts=ATTEMPTS))
-    helpers = "\n".join(["import queue, threading, timeit", "from bncheck.bench.measure import BenchCase",
+    helpers = "\n".join(["import queue, threading, timeit", "from bncheck.bench.cases import BenchCase",
                          _source(FakeStream), _source(fake_case)])
     pytester.makepyfile(test_bench_helpers=helpers)
     return pytester
@@ -474,10 +478,10 @@ def test_on_gpu_a_run_leaves_no_allocation_and_restores_cudnn_benchmark(monkeypa
 
 from test_plugin import collected_ids, expected_ids  # noqa: E402
 
-NET_BENCH_IDS = [f"bncheck[bnmodels:net]::{bench.case_name(mode, target, torch.float32, fmt)}"
+NET_BENCH_IDS = [f"bncheck[bnmodels:net]::{case_name(mode, target, torch.float32, fmt)}"
                  for target, fmts in (("model", ("contiguous", "channels_last")),
                                       ("features.1", ("contiguous", "channels_last")), ("bn1", ("contiguous",)))
-                 for fmt in fmts for mode in bench.MODES]
+                 for fmt in fmts for mode in MODES]
 
 
 def test_benchmark_option_adds_items_under_the_models_collector_the_same_serially_and_under_xdist(bnmodels):

@@ -21,19 +21,14 @@ from bncheck.data import Data, digits
 from bncheck.examples import seed_cnn
 from bncheck.training.ablate import ablate, bn_after_activation
 from bncheck.training.convergence import (
-    Training,
     assert_converges_faster,
     assert_no_slower,
     assert_same_speed,
     assert_tolerates_higher_lr,
-    batch_order,
-    combinations,
     compare_convergence,
-    fit,
-    initialized,
-    sweep,
-    train,
 )
+from bncheck.training.fit import Training, batch_order, fit, initialized, train
+from bncheck.training.sweep import combinations, sweep
 
 BENCHMARK_BUDGET_S = 30  # the bound for one convergence test on CPU
 

@@ -50,6 +50,54 @@ class EpsOutsideInEvalBN(nn.BatchNorm2d):
                 * self.weight.view(shape) + self.bias.view(shape))
 
 
+class UpdatedTwiceBN(nn.BatchNorm2d):
+    """A BN whose own update is wrong (a second forward inside forward): the per-layer checks' business."""
+
+    def forward(self, x):
+        super().forward(x)
+        return super().forward(x)
+
+
+class LogsBatchStatistics(nn.Module):
+    """Mutant: logs a 'clean' normalized activation by a functional batch_norm on its BN's own buffers, with
+    training=True: the statistics move twice per forward, although the BN layer alone is correct."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        h = self.conv(x)
+        self.logged = F.batch_norm(h.detach(), self.bn.running_mean, self.bn.running_var, training=True).std()
+        return self.bn(h)
+
+
+class DefaultStatsBN(nn.Module):
+    """Mutant: its statistics default to tensors built once, when the def ran: every instance shares them."""
+
+    def __init__(self, c, running_mean=torch.zeros(4), running_var=torch.ones(4)):  # noqa: B008
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+        self.register_buffer("running_mean", running_mean)
+        self.register_buffer("running_var", running_var)
+        self.momentum, self.eps = 0.1, 1e-5
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                            self.momentum, self.eps)
+
+
+class Siamese(nn.Module):
+    """Correct: one BN applied to two branches, so two updates per forward."""
+
+    def __init__(self, bn: nn.Module):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), bn
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) - self.bn(self.conv(x.flip(-1) * 2))
+
+
 def net(bn: nn.Module) -> nn.Module:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), bn, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     with torch.no_grad():  # a trained-looking state, so that eval vs train and fusion see real statistics
@@ -80,8 +128,13 @@ def test_each_model_check_catches_its_mutant(check):
     assert "Likely cause" in str(info.value) or "differs" in str(info.value)
 
 
+def test_running_stats_catches_statistics_moved_outside_the_layer():
+    with pytest.raises(BNCheckError, match=r"logging, train mode, one forward: bn .*running_mean.*outside its forward"):
+        MODEL_CHECKS["running_stats"](LogsBatchStatistics(), X, name="logging")
+
+
 def test_every_model_check_has_a_mutant():
-    assert set(MODEL_CHECKS) == set(MUTANTS)
+    assert set(MODEL_CHECKS) == set(MUTANTS) | {"running_stats"}  # its mutants have tests of their own below
 
 
 CORRECT = {
@@ -113,6 +166,23 @@ def test_mutant_models_are_unchanged_after_failing_checks():
         with pytest.raises(BNCheckError):
             MODEL_CHECKS[check](model, X)
         assert snap.differences(model) == [], check
+
+
+def test_running_stats_catches_layers_that_share_statistics():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), DefaultStatsBN(4), nn.ReLU(), nn.Conv2d(4, 4, 3), DefaultStatsBN(4))
+    with pytest.raises(BNCheckError, match=r"1.running_mean and 4.running_mean are one tensor.*mutable default"):
+        MODEL_CHECKS["running_stats"](model, X, name="shared")
+    # each layer alone is a correct BN: the per-layer checks cannot see this
+    bn = DefaultStatsBN(4)
+    bn.running_mean, bn.running_var = torch.zeros(4), torch.ones(4)
+    MODEL_CHECKS["running_stats"](nn.Sequential(nn.Conv2d(3, 4, 3), bn), X, name="own")
+
+
+def test_running_stats_expects_one_update_per_call_of_a_shared_layer():
+    MODEL_CHECKS["running_stats"](Siamese(nn.BatchNorm2d(4)), X, name="siamese")
+    MODEL_CHECKS["running_stats"](Siamese(nn.BatchNorm2d(4, momentum=None)), X, name="siamese")
+    # a layer whose own update is wrong does the same alone: the per-layer running_stats item reports it
+    MODEL_CHECKS["running_stats"](Siamese(UpdatedTwiceBN(4)), X, name="siamese")
 
 
 def test_train_vs_eval_skips_when_no_layer_tracks_stats():

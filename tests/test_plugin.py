@@ -318,7 +318,7 @@ def test_lf_reruns_only_the_failed_items(bnmodels):
                                "stats or lint_")
     failed = {nodeid for nodeid, outcome in outcomes_by_id(first).items() if outcome == "failed"}
     assert failed == {"bncheck[bnmodels:flipped]::running_stats[1]"}
-    assert len(outcomes_by_id(first)) == 3 * 2 + 2 * len(LINTS)
+    assert len(outcomes_by_id(first)) == 3 * 2 + 2 * (1 + len(LINTS))  # batch_stats, running_stats; model_running_stats
     second = bnmodels.runpytest("--bncheck-model=bnmodels:flipped", "--bncheck-model=bnmodels:net", "--lf")
     assert outcomes_by_id(second) == {"bncheck[bnmodels:flipped]::running_stats[1]": "failed"}
     second.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*"])
@@ -340,7 +340,8 @@ def test_ids_are_identical_serially_and_under_xdist(bnmodels):
     assert "different tests were collected" not in run.stdout.str().lower()
     assert {nodeid for outcome, nodeid in ran if outcome == "FAILED"} == {
         "bncheck[bnmodels:flipped]::running_stats[1]"}
-    run.stdout.fnmatch_lines(["*bncheck summary*", "bncheck[bnmodels:flipped] 1: 9 passed, 1 failed"])
+    run.stdout.fnmatch_lines(["*bncheck summary*",
+                              f"bncheck[bnmodels:flipped] 1: {len(LAYER_CHECKS) - 2} passed, 1 failed, 1 skipped"])
     assert run.ret == pytest.ExitCode.TESTS_FAILED
     # the controller runs no item: it names the models and builds no plan
     run.stdout.fnmatch_lines(["bncheck: bnmodels:net on cpu, float32, torch *; 2 BN layers "
@@ -379,20 +380,31 @@ def test_broken_bn_fails_its_items_with_a_readable_message(bnmodels):
         "*_ bncheck[[]bnmodels:flipped[]]::running_stats[[]1[]] _*",
         "*momentum convention flipped*",
         "*bncheck summary*",
-        "bncheck[bnmodels:flipped] 1: 9 passed, 1 failed",
+        f"bncheck[bnmodels:flipped] 1: {len(LAYER_CHECKS) - 2} passed, 1 failed, 1 skipped",  # large_eps skips
         f"bncheck[bnmodels:flipped] model: {len(MODEL_CHECKS) + len(LINTS)} passed, 0 failed",
         "FAILED bncheck[[]bnmodels:flipped[]]::running_stats[[]1[]]*",
     ])
 
 
-def test_model_without_bn_is_one_skipped_item(bnmodels):
+def test_model_without_bn_runs_the_model_checks_that_need_none(bnmodels):
     result = bnmodels.runpytest("--bncheck-model=bnmodels:nobn", "-rs")
-    assert outcomes_by_id(result) == {"bncheck[bnmodels:nobn]::no_batchnorm": "skipped"}
+    assert outcomes_by_id(result) == {"bncheck[bnmodels:nobn]::no_batchnorm": "skipped",
+                                      **{f"bncheck[bnmodels:nobn]::model_{check}": "passed"
+                                         for check in ("eval_single_sample", "eval_state", "state_dict_roundtrip")}}
     result.stdout.fnmatch_lines([
-        "bncheck: bnmodels:nobn on *; 0 BN layers (none)",
-        "bncheck[bnmodels:nobn] model: 0 passed, 0 failed, 1 skipped",
+        "bncheck: bnmodels:nobn on *; 0 BN layers (none); no BN layer found: only the model checks that need none run",
+        "bncheck[bnmodels:nobn] model: 3 passed, 0 failed, 1 skipped",
         "SKIPPED [[]1[]] bncheck[[]bnmodels:nobn[]]::no_batchnorm: bnmodels:nobn: no BatchNorm layer found*",
     ])
+
+
+def test_statistics_kept_as_plain_attributes_are_found_and_fail(bnmodels):
+    """A textbook BN (self.running_mean = torch.zeros(C)) is a BN, a broken one: never 'no BatchNorm found'."""
+    result = bnmodels.runpytest("--bncheck-model=bnmodels:textbook")
+    failed = {nodeid for nodeid, outcome in outcomes_by_id(result).items() if outcome == "failed"}
+    assert failed == {"bncheck[bnmodels:textbook]::statistics_registered[1]",
+                      "bncheck[bnmodels:textbook]::model_state_dict_roundtrip"}
+    result.stdout.fnmatch_lines(["*running_mean and running_var are plain tensor attributes, not registered buffers*"])
 
 
 LINT_MODELS = ["--bncheck-model=bnmodels:biased", "--bncheck-model=bnmodels:keras",

@@ -17,7 +17,7 @@ from bncheck.core.errors import BNCheckError, BNCheckUsageError
 from bncheck.core.state import Snapshot
 from bncheck.core.threads import one_thread
 from bncheck.data import Data
-from bncheck.training.convergence import fit
+from bncheck.training.fit import fit
 from bncheck.training.population import (
     assert_population_stats,
     population_drift,

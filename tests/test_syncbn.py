@@ -33,8 +33,8 @@ from torch import nn
 
 from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError
 from bncheck.core.state import Snapshot
-from bncheck.syncbn import assert_syncbn_matches
-from bncheck.syncbn import check as syncbn
+from bncheck.syncbn import assert_syncbn_matches, check, targets
+from bncheck.syncbn.launch import RankError, launch
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 
@@ -65,6 +65,19 @@ def no_orphans():
     yield
     left = leftover_processes()
     assert not left, f"processes left running after the check: {left}"
+
+
+# ---- the launcher alone: any rank function, no BN -------------------------------------------------------------
+
+def test_launch_runs_a_rank_function_in_a_gloo_process_group(no_orphans):
+    assert launch(sync_layers.all_reduced_rank, 2, backend="gloo", timeout=60) == [1, 1]
+
+
+def test_launch_reports_the_rank_that_raised_without_waiting_for_its_peer(no_orphans):
+    """Rank 0 waits in a collective that rank 1 never joins: the error comes at once, not at the timeout."""
+    with pytest.raises(RankError, match=r"^ranks: rank 1 of 2 raised ValueError: planted failure, payload 'p'") as info:
+        launch(sync_layers.raising_rank, 2, payload="p", timeout=300, label="ranks")
+    assert info.value.rank == 1 and "Traceback" in info.value.traceback
 
 
 # ---- a correct synchronized BN passes, a wrong one fails ------------------------------------------------------
@@ -119,16 +132,16 @@ def _launch_forbidden(*args, **kwargs):
 def test_torch_syncbn_on_cpu_skips_in_one_line_without_processes(device, monkeypatch, no_orphans):
     if device is None and GPUS:
         pytest.skip("this machine has a GPU: the default device runs torch's SyncBatchNorm")
-    monkeypatch.setattr(syncbn, "_launch", _launch_forbidden)
+    monkeypatch.setattr(check, "launch", _launch_forbidden)
     with pytest.raises(BNCheckSkip) as info:
         assert_syncbn_matches(functools.partial(nn.SyncBatchNorm, 4), world_size=2, device=device)
     message = str(info.value)
     assert "\n" not in message
-    assert syncbn.GPU_ONLY_MESSAGE in message
+    assert check.GPU_ONLY_MESSAGE in message
 
 
 def test_too_few_gpus_for_nccl_skips_without_processes(monkeypatch):
-    monkeypatch.setattr(syncbn, "_launch", _launch_forbidden)
+    monkeypatch.setattr(check, "launch", _launch_forbidden)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(BNCheckSkip, match=r"world_size 2 needs 2 CUDA device\(s\).*found 1"):
@@ -152,7 +165,7 @@ def test_torch_syncbn_on_gpus_with_nccl(world_size, no_orphans):
 # ---- usage errors, and no worker outlives a check ----------------------------------------------------------------
 
 def test_unpicklable_factory_is_a_usage_error(monkeypatch):
-    monkeypatch.setattr(syncbn, "_launch", _launch_forbidden)
+    monkeypatch.setattr(check, "launch", _launch_forbidden)
     with pytest.raises(BNCheckUsageError, match="must be picklable"):
         assert_syncbn_matches(lambda: SumSyncBatchNorm(4))
 
@@ -164,7 +177,7 @@ def test_unpicklable_factory_is_a_usage_error(monkeypatch):
     pytest.param({"batch_sizes": [3, 0]}, "positive batch size for each of the 2 ranks", id="empty-rank"),
 ])
 def test_bad_settings_are_one_line_usage_errors(kwargs, message, monkeypatch):
-    monkeypatch.setattr(syncbn, "_launch", _launch_forbidden)
+    monkeypatch.setattr(check, "launch", _launch_forbidden)
     with pytest.raises(BNCheckUsageError, match=message) as info:
         assert_syncbn_matches(functools.partial(SumSyncBatchNorm, 4), **kwargs)
     assert "\n" not in str(info.value)
@@ -196,10 +209,10 @@ def test_a_model_named_by_instance_is_neither_converted_nor_changed(attr, conver
     place, and the check would set its state. Both must happen on a copy, whether the check runs or skips."""
     model = getattr(sync_layers, attr)
     before, types = Snapshot.of(model), {n: type(m) for n, m in model.named_modules()}
-    factory = syncbn.layer_factory(f"sync_layers:{attr}", name, convert)
+    factory = targets.layer_factory(f"sync_layers:{attr}", name, convert)
     if name:
         with contextlib.suppress(BNCheckSkip):
-            syncbn.check_model_layer(f"sync_layers:{attr}", name, (4, 3, 3), convert=convert)
+            targets.check_model_layer(f"sync_layers:{attr}", name, (4, 3, 3), convert=convert)
     layer = factory()
     _unchanged(model, before, types)
     assert layer is not model.get_submodule(name)
@@ -234,7 +247,7 @@ KILLED_PARENT = """
 import functools, sys
 sys.path.insert(0, {tests!r})
 from sync_layers import PidFileHangingSyncBatchNorm
-from bncheck.syncbn import assert_syncbn_matches
+from bncheck.syncbn import assert_syncbn_matches, check, targets
 assert_syncbn_matches(functools.partial(PidFileHangingSyncBatchNorm, 4, {directory!r}), world_size=2, timeout=300)
 """
 

@@ -1,4 +1,5 @@
-"""Number formats and memory layouts: low-precision inputs and channels_last give the contract's results."""
+"""Number formats and memory layouts: low-precision, channels_last and non-contiguous inputs give the contract's
+results."""
 
 import functools
 import warnings
@@ -7,7 +8,7 @@ import torch
 
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, deviation, fail
-from bncheck.core.errors import BNCheckSkip, BNCheckWarning
+from bncheck.core.errors import BNCheckSkip, BNCheckWarning, one_line
 from bncheck.core.harness import LayerCase, params, run
 from bncheck.core.reference import torch_batch_norm, torch_output
 from bncheck.core.threads import single_threaded
@@ -86,3 +87,56 @@ def assert_memory_format(layer, x, *, name: str = "", seed: int = 0) -> None:
                     tol = tol.allowing(deviation(references[1][k], references[0][k]))
                 check_close(a, b, where=where, quantity=f"{quantity} vs contiguous input", tol=tol,
                             axes=("sample", "channel") if k == 0 else ("channel",), cause=cause)
+
+
+def _layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Non-contiguous inputs a user's model hands BN: strides permuted (a transpose made back), a strided slice of
+    a wider tensor, and, with spatial dims, one position expanded along the last (stride 0; along the batch it would
+    leave a (N, C) input no variance); each against its own contiguous copy."""
+    wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+    wide[..., ::2] = x
+    layouts = {"transposed": x.transpose(0, -1).contiguous().transpose(0, -1), "sliced": wide[..., ::2]}
+    if x.dim() > 2:
+        layouts["expanded"] = x[..., :1].expand_as(x)
+    return layouts
+
+
+def _outcome(twin, x: torch.Tensor, dy: torch.Tensor, train: bool) -> list[tuple[str, torch.Tensor]]:
+    """(quantity, value) of a forward and backward on x as given (no copy: its strides are the point)."""
+    twin.train(train)
+    x = x.detach().requires_grad_(True)
+    y = twin(x)
+    y.backward(dy)
+    out = [("output", y.detach().clone()), ("dx (gradient w.r.t. the input)", x.grad)]
+    weight, bias = params(twin)
+    out += [(q, p.grad) for q, p in (("dγ (weight.grad)", weight), ("dβ (bias.grad)", bias))
+            if isinstance(p, torch.nn.Parameter) and p.grad is not None]
+    if train:
+        out += [(key, getattr(twin, key).detach().clone()) for key in ("running_mean", "running_var")
+                if isinstance(getattr(twin, key, None), torch.Tensor)]
+    return out
+
+
+@single_threaded
+def assert_non_contiguous(layer, x, *, name: str = "", seed: int = 0) -> None:
+    """A non-contiguous input (transposed, sliced, expanded) gives the same output, running statistics and
+    gradients as its contiguous copy, in train and eval mode."""
+    case = LayerCase(layer, name, x, seed)
+    probe = case.inputs[0]
+    dy = torch.randn(probe.x.shape, generator=torch.Generator().manual_seed(case.seed + 2)).to(probe.x)
+    for layout, strided in _layouts(probe.x).items():
+        for train in ([False] if case.frozen else [True, False]):
+            where = case.where(probe, f"{layout} ({'non-' if not strided.is_contiguous() else ''}contiguous, "
+                                      f"strides {strided.stride()})", "train mode" if train else "eval mode")
+            expected = _outcome(case.fresh(), strided.contiguous(), dy, train)
+            try:
+                got = _outcome(case.fresh(), strided, dy, train)
+            except Exception as exc:
+                raise fail(where, f"raised {one_line(exc)}",
+                           "x.view(...) on an input that is not contiguous: use x.reshape(...) (or x.contiguous() "
+                           "first)") from exc
+            for (quantity, a), (_, b) in zip(got, expected):
+                check_close(a, b, where=where, quantity=f"{quantity} vs the contiguous copy",
+                            tol=tolerance(probe.x.dtype), axes=("sample", "channel") if a.dim() > 1 else ("channel",),
+                            cause="the layer reads memory as if contiguous (ignores strides: a raw data pointer, "
+                                  "as_strided, or a kernel without .contiguous())")

@@ -1,5 +1,6 @@
-"""Whole-model checks: eval purity, train vs eval, state_dict round trip, BN ops obeying their module's mode,
-and conv→BN fusion. Each runs on copies of the model: f(model, x, *, name) -> None or raises BNCheckError."""
+"""Whole-model checks: eval purity, running statistics across the model, train vs eval, state_dict round trip, BN
+ops obeying their module's mode, and conv→BN fusion. Each runs on copies of the model: f(model, x, *, name) -> None
+or raises BNCheckError."""
 
 import copy
 
@@ -11,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from bncheck.checks.eval import assert_eval_single_sample
+from bncheck.checks.model_statistics import assert_model_running_stats
 from bncheck.core.capture import capture, forward
 from bncheck.core.compare import check_close, fail, matches
 from bncheck.core.discover import find_batchnorms, is_frozen
@@ -197,6 +199,7 @@ def assert_fusion_matches(model: nn.Module, x, *, name: str = "") -> None:
 
 MODEL_CHECKS = {
     "eval_single_sample": assert_eval_single_sample,
+    "running_stats": assert_model_running_stats,
     "eval_state": assert_eval_no_state_change,
     "train_vs_eval": assert_train_differs_from_eval,
     "state_dict_roundtrip": assert_state_dict_roundtrip,

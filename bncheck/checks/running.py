@@ -4,6 +4,7 @@ import torch
 
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, fail
+from bncheck.core.discover import unregistered_statistics
 from bncheck.core.harness import LayerCase, run
 from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import tolerance
@@ -12,29 +13,35 @@ from bncheck.core.tolerances import tolerance
 def _bug_variants(state: oracle.RunningStats, x, momentum, eps):
     """What a known bug would store after one step: (cause, mean, var)."""
     stats = oracle.batch_stats(x)
-    m = oracle.momentum_factor(momentum, state.num_batches_tracked + 1)
-    mix = lambda old, new, w: (1 - w) * old + w * new  # noqa: E731
-    return [
-        ("momentum convention flipped (Keras/TF: running = m·running + (1 − m)·batch)",
-         mix(state.mean, stats.mean, 1 - m), mix(state.var, stats.unbiased_var, 1 - m)),
+    nbt = state.num_batches_tracked + 1
+    m = oracle.momentum_factor(momentum, nbt)
+
+    def mixed(w: float, var=stats.unbiased_var, plus: float = 0.0):
+        return (1 - w) * state.mean + w * stats.mean, (1 - w) * state.var + w * var + plus
+
+    variants = [
+        ("momentum convention flipped (Keras/TF: running = m·running + (1 − m)·batch)", *mixed(1 - m)),
         ("the running variance takes the biased batch variance; it must take the unbiased one (n/(n−1))",
-         mix(state.mean, stats.mean, m), mix(state.var, stats.var, m)),
+         *mixed(m, stats.var)),
         ("momentum=None is not treated as a cumulative average (1/num_batches_tracked)" if momentum is None else
-         f"the layer ignores its momentum={momentum:g} and uses torch's default 0.1",
-         mix(state.mean, stats.mean, 0.1), mix(state.var, stats.unbiased_var, 0.1)),
+         f"the layer ignores its momentum={momentum:g} and uses torch's default 0.1", *mixed(0.1)),
         ("the running statistics are not updated in train mode", state.mean, state.var),
-        ("the running statistics are replaced by the batch statistics instead of averaged",
-         stats.mean, stats.unbiased_var),
+        ("the running statistics are replaced by the batch statistics instead of averaged", *mixed(1.0)),
         ("eps is added to the running variance (it belongs only inside the sqrt of the normalization)",
-         mix(state.mean, stats.mean, m), mix(state.var, stats.unbiased_var, m) + eps),
+         *mixed(m, plus=eps)),
     ]
+    if momentum == 0:
+        variants.insert(0, ("momentum=0 is taken for momentum=None (a truthiness test such as `self.momentum or "
+                            "...`): with momentum=0 the statistics must stay as they are", *mixed(1 / nbt)))
+    return variants
 
 
 @single_threaded
 def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
     """After each of several train batches from a non-trivial start, running mean, running variance and
     num_batches_tracked equal the oracle's: running ← (1 − m)·running + m·batch (variance unbiased);
-    with momentum=None, m = 1/num_batches_tracked. Checks the layer's momentum, and None for torch's BN family."""
+    with momentum=None, m = 1/num_batches_tracked. Checks the layer's momentum, None for torch's BN family, and 0
+    (statistics frozen while training) for any layer with a momentum."""
     case = LayerCase(layer, name, x, seed)
     case.require_train_mode()
     case.require_running_stats()
@@ -57,3 +64,15 @@ def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
             if case.has_num_batches and int(twin.num_batches_tracked) != state.num_batches_tracked:
                 raise fail(where, f"num_batches_tracked is {int(twin.num_batches_tracked)}, expected "
                            f"{state.num_batches_tracked}", "num_batches_tracked must count train batches (+1 each)")
+
+
+def assert_statistics_registered(layer, x, *, name: str = "", seed: int = 0) -> None:
+    """running_mean and running_var are registered buffers (or registered None), not plain tensor attributes."""
+    plain = unregistered_statistics(layer)
+    if plain:
+        case = LayerCase(layer, name, x, seed)
+        verb = "is a plain tensor attribute" if len(plain) == 1 else "are plain tensor attributes"
+        raise fail(case.title, f"{' and '.join(plain)} {verb}, not registered buffers: state_dict() does not save "
+                   f"them and .to(device) leaves them behind",
+                   "self.running_mean = torch.zeros(C) in __init__; write self.register_buffer('running_mean', "
+                   "torch.zeros(C)) (and the same for running_var)")

@@ -1,15 +1,23 @@
 """Compare a layer's result with the oracle and raise a BNCheckError a user can act on."""
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
-from bncheck.core.errors import BNCheckError
-from bncheck.core.tolerances import Tolerance
+from bncheck.core.errors import BNCheckError, BNCheckWarning
+from bncheck.core.tolerances import TOLERANCES, Tolerance
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.6g}"
+def _values(expected: float, got: float) -> str:
+    """'expected 1.23457, got 1.23461 (off by 4e-05, 3.2e-05 relative)': as many digits as it takes to show
+    the two apart, and the difference itself."""
+    digits = next((d for d in range(6, 18) if f"{expected:.{d}g}" != f"{got:.{d}g}"), 17)
+    text = f"expected {expected:.{digits}g}, got {got:.{digits}g}"
+    diff = abs(got - expected)
+    if diff == diff and diff != float("inf"):  # finite: a NaN or inf speaks for itself
+        text += f" (off by {diff:.2g}" + (f", {diff / abs(expected):.2g} relative)" if expected else ")")
+    return text
 
 
 def deviation(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -74,6 +82,13 @@ def check_close(got, expected, *, where: str, quantity: str, tol: Tolerance, cau
             close = _close(got64, exp64, tol, equal_nan)
     if bool(close.all()):
         return
+    if tol.rtol < TOLERANCES[torch.float32].rtol and bool(_close(got64, exp64, TOLERANCES[torch.float32],
+                                                                 equal_nan).all()):
+        warnings.warn(BNCheckWarning(
+            f"{where}: {quantity} is within float32's tolerance of the float64 oracle but not float64's ({tol}). "
+            f"Likely cause: the layer computes in float32 on float64 input (below its input's precision)"),
+            stacklevel=3)
+        return
     diff = (got64 - exp64).abs().nan_to_num(nan=float("inf"))
     excess = (diff - tol.atol - tol.rtol * exp64.abs()).flatten()
     worst = int(excess.argmax())
@@ -87,7 +102,7 @@ def check_close(got, expected, *, where: str, quantity: str, tol: Tolerance, cau
     exp_v, got_v = float(exp64.flatten()[worst]), float(got64.flatten()[worst])
     raise BNCheckError(
         f"{where}: {quantity} differs from the float64 oracle in {bad} of {close.numel()} elements "
-        f"({tol}); worst at {index}: expected {_fmt(exp_v)}, got {_fmt(got_v)}. Likely cause: {cause}",
+        f"({tol}); worst at {index}: {_values(exp_v, got_v)}. Likely cause: {cause}",
         where=where, quantity=quantity, expected=exp_v, got=got_v, index=index, tolerance=tol, cause=cause)
 
 

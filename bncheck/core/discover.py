@@ -1,5 +1,6 @@
 """Which modules of a model are BatchNorm layers, and of what kind."""
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
@@ -8,18 +9,30 @@ _TORCH_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
              nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
 
 
+STATISTICS = ("running_mean", "running_var")
+
+
 def _has_buffer(module: nn.Module, name: str) -> bool:
     # A registered None counts: that is how a BN without running statistics declares them.
     return name in module._buffers
 
 
+def unregistered_statistics(module: nn.Module) -> list[str]:
+    """The running statistics `module` keeps as plain tensor attributes: state_dict() and .to() do not see them."""
+    return [name for name in STATISTICS if isinstance(module.__dict__.get(name), torch.Tensor)]
+
+
 def is_batchnorm(module: nn.Module) -> bool:
-    """torch's BN and its subclasses, or any module that looks like BN: its own running_mean/var buffers."""
+    """torch's BN and its subclasses, or any module that looks like BN: its own running_mean/var buffers, or the
+    same kept as plain tensor attributes next to γ/β or a num_features (a textbook pattern, and a defect)."""
     if isinstance(module, _InstanceNorm):
         return False
     if isinstance(module, _BatchNorm):
         return True
-    return _has_buffer(module, "running_mean") and _has_buffer(module, "running_var")
+    if all(_has_buffer(module, name) for name in STATISTICS):
+        return True
+    return (all(_has_buffer(module, n) or n in unregistered_statistics(module) for n in STATISTICS)
+            and any(hasattr(module, key) for key in ("weight", "bias", "num_features")))
 
 
 def is_frozen(module: nn.Module) -> bool:

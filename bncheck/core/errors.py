@@ -16,6 +16,14 @@ class BNCheckError(AssertionError):
         self.where, self.quantity, self.expected, self.got = where, quantity, expected, got
         self.index, self.tolerance, self.cause, self.report = index, tolerance, cause, report
 
+    def because(self, cause: str) -> "BNCheckError":
+        """This failure with another likely cause (one that only the caller can know, such as a wrong forward
+        behind a wrong gradient)."""
+        message = str(self).split(" Likely cause: ", 1)[0]
+        fields = {k: getattr(self, k) for k in ("where", "quantity", "expected", "got", "index", "tolerance",
+                                                "report")}
+        return BNCheckError(f"{message} Likely cause: {cause}", cause=cause, **fields)
+
 
 class BNCheckSkip(unittest.SkipTest):
     """A check does not apply: the layer legitimately lacks what it needs (pytest reports a skip)."""

@@ -18,10 +18,14 @@ DEFAULT_MOMENTUM = 0.1
 
 def nontrivial_state(channels: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """γ, β, running_mean and running_var of `channels` channels, drawn from `seed`, none of them trivial: γ=1,
-    β=0, mean 0, var 1 would hide whole classes of bugs. γ in [0.5, 2), var in [0.5, 2.5)."""
+    β=0, mean 0, var 1 would hide whole classes of bugs. |γ| in [0.5, 2) with both signs as trained networks have
+    them (channel 0 negative, 1 positive, then alternating) and γ = 0 in channel 2; var in [0.5, 2.5)."""
     gen = torch.Generator().manual_seed(seed)
+    sign = torch.where(torch.arange(channels) % 2 == 0, -1.0, 1.0)
+    if channels > 2:
+        sign[2] = 0.0
     return {
-        "weight": 0.5 + 1.5 * torch.rand(channels, generator=gen),
+        "weight": sign * (0.5 + 1.5 * torch.rand(channels, generator=gen)),
         "bias": torch.randn(channels, generator=gen),
         "running_mean": torch.randn(channels, generator=gen),
         "running_var": 0.5 + 2.0 * torch.rand(channels, generator=gen),
@@ -70,8 +74,11 @@ class LayerCase:
         self.affine = getattr(probe, "weight", None) is not None
         self.tracks = getattr(probe, "running_mean", None) is not None
         self.has_num_batches = isinstance(getattr(probe, "num_batches_tracked", None), torch.Tensor)
-        # Only torch's own BN family promises momentum=None; a from-scratch layer may not offer it.
-        self.momenta = [self.momentum] + ([None] if self.momentum is not None and isinstance(probe, _NormBase) else [])
+        # Only torch's own BN family promises momentum=None; momentum=0 (statistics frozen while training) is
+        # checked wherever the layer has a momentum to set.
+        self.momenta = list(dict.fromkeys(
+            [self.momentum] + ([None] if isinstance(probe, _NormBase) else [])
+            + ([0.0] if hasattr(probe, "momentum") else [])))
         label = f"captured input {tuple(x.shape)}" if self.name else f"input {tuple(x.shape)}"
         self.inputs = [Probe(label, x.detach().clone())] + probes(x, self.eps, self.seed)
 

@@ -1,5 +1,8 @@
-"""The benchmarks without pytest: `python -m bncheck bench SPEC --input-shape C,H,W` runs bncheck.bench.measure's cases
-for a model and prints a table (samples/s, GB/s, fraction of the copy bandwidth) with the conditions."""
+"""The benchmarks without pytest: `python -m bncheck bench SPEC --input-shape C,H,W` measures bncheck.bench's cases
+for a model and prints a table (samples/s, GB/s, fraction of the copy bandwidth) with the conditions.
+
+Its options come from the tables in bncheck.run.options: the model's input, device and seed from OPTIONS (as
+`python -m bncheck check`), the benchmark knobs from BENCH_OPTIONS (as the plugin's `--bncheck-bench-<name>`)."""
 
 from __future__ import annotations
 
@@ -12,20 +15,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from bncheck.bench.measure import (
-    MEMORY_FORMATS,
-    MODES,
-    Result,
-    benchmark_cases,
-    cudnn_flag,
-    fmt_time,
-    layer_inputs,
-    measure,
-)
+from bncheck.bench.cases import benchmark_cases, cudnn_flag, layer_inputs
+from bncheck.bench.results import Result, fmt_time, measure
 from bncheck.core.errors import BNCheckUsageError
 from bncheck.core.tolerances import dtype_name
-from bncheck.run.options import DEFAULT_BATCH_SIZE
-from bncheck.run.settings import OPTIONS_BY_NAME
+from bncheck.run.options import BENCH_OPTIONS, DEFAULT_BATCH_SIZE, OPTIONS, Option
+from bncheck.run.settings import OPTIONS_BY_NAME, bench_settings_from
+
+SHARED = ("input_shape", "batch_size", "device", "seed")  # OPTIONS the benchmarks take too
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -86,27 +83,22 @@ def format_table(results: Sequence[Result | dict], *, markdown: bool = False) ->
     return "\n".join(out)
 
 
-def _parse_list(text: str | Sequence[str] | None, default: Sequence[str]) -> tuple[str, ...]:
-    if text is None:
-        return tuple(default)
-    if isinstance(text, str):
-        return tuple(p for p in text.replace(" ", "").split(",") if p)
-    return tuple(text)
-
-
 def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str | None = None, *,
-              batch_size: int = DEFAULT_BATCH_SIZE,
-              device: str | torch.device = "auto", dtypes: Sequence[str | torch.dtype] | str = ("float32",),
-              memory_formats: Sequence[str] | str | None = None, modes: Sequence[str] | str = MODES,
-              layers: Sequence[str] | str | None = None, quick: bool = False, min_run_time: float | None = None,
-              cudnn_benchmark: bool | None = True, seed: int = 0,
-              progress: Callable[[Result], None] | None = None) -> list[Result]:
+              batch_size: int | str = DEFAULT_BATCH_SIZE, device: str | torch.device = "auto",
+              dtypes: Sequence[str | torch.dtype] | str = ("float32",), seed: int | str = 0,
+              progress: Callable[[Result], None] | None = None, **knobs) -> list[Result]:
     """Load SPEC ('module.path:attr', as the plugin) or take a model, build the input (`input_shape` is one
-    sample's shape; else the spec's example input), and measure every case for each dtype. `layers`: None = all
-    BN layers, "none" (or []) = the model only, or names. `progress` is called with each Result as it comes."""
+    sample's shape; else the spec's example input), and measure every case for each dtype. `knobs`: the
+    BENCH_OPTIONS by name (modes, memory_format, layers, min_run_time, warmup, quick, no_cudnn_benchmark), as text
+    or values. `progress` is called with each Result as it comes."""
     from bncheck.core import spec as spec_mod
 
-    OPTIONS_BY_NAME["batch_size"].parse(str(batch_size))  # the check's rule: train-mode BN needs n > 1
+    unknown = sorted(set(knobs) - {option.name for option in BENCH_OPTIONS})
+    if unknown:
+        raise TypeError(f"run_bench() got unexpected keyword arguments {', '.join(unknown)}")
+    bench = bench_settings_from(knobs)
+    batch_size = OPTIONS_BY_NAME["batch_size"].parse(str(batch_size))  # the check's rule: train-mode BN needs n > 1
+    seed = OPTIONS_BY_NAME["seed"].parse(str(seed))
     if isinstance(spec_or_model, nn.Module):
         spec, model, example = type(spec_or_model).__name__, spec_or_model, getattr(spec_or_model, "example_input",
                                                                                      None)
@@ -114,26 +106,21 @@ def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str |
         loaded = spec_mod.load(spec_or_model, option=None)
         spec, model, example = loaded.spec, loaded.model, loaded.example_input
     if isinstance(input_shape, str):
-        input_shape = spec_mod.parse_shape(input_shape)
+        input_shape = OPTIONS_BY_NAME["input_shape"].parse(input_shape)
     if input_shape is not None:
         example = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed))
     if example is None:
         raise BNCheckUsageError(f"{spec}: no input shape: pass --input-shape C,H,W (one sample, without the batch "
                                 f"dim), or give the model an `example_input` attribute")
-    dev = spec_mod.parse_device(device) if isinstance(device, str) else torch.device(device)
-    dtype_list = [spec_mod.parse_dtype(d) if isinstance(d, str) else d
-                  for d in _parse_list(dtypes, ())]
-    if isinstance(layers, str):
-        layers = [] if layers in ("none", "") else None if layers == "all" else list(_parse_list(layers, ()))
-    formats = _parse_list(memory_formats, MEMORY_FORMATS)
-    mode_list = _parse_list(modes, MODES)
+    dev = OPTIONS_BY_NAME["device"].parse(device) if isinstance(device, str) else torch.device(device)
+    if isinstance(dtypes, str):
+        dtypes = [d for d in dtypes.replace(" ", "").split(",") if d]
+    dtype_list = [OPTIONS_BY_NAME["dtype"].parse(d) if isinstance(d, str) else d for d in dtypes]
     example = tuple(t.to(dev) for t in example) if isinstance(example, tuple) else example.to(dev)
     inputs = layer_inputs(model, example)  # one capture (on a copy) serves every dtype
     results = []
     for dtype in dtype_list:
-        cases = benchmark_cases(model, example, device=dev, dtype=dtype, memory_formats=formats, modes=mode_list,
-                                layers=layers, quick=quick, min_run_time=min_run_time,
-                                cudnn_benchmark=cudnn_benchmark, inputs=inputs)
+        cases = benchmark_cases(model, example, device=dev, dtype=dtype, inputs=inputs, **bench.case_options())
         for case in cases:
             result = measure(case)
             results.append(result)
@@ -142,21 +129,20 @@ def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str |
     return results
 
 
+def _add_option(p: argparse.ArgumentParser, option: Option) -> None:
+    kwargs = {"action": "store_true"} if option.switch else {"metavar": option.metavar}
+    p.add_argument(f"--{option.dashed()}", dest=option.name, help=option.help, **kwargs)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("spec", help="module.path:attr (an nn.Module or zero-argument factory), e.g. "
                                 "torchvision.models:resnet50 or torch.nn:LazyBatchNorm2d")
-    p.add_argument("--input-shape", help="one sample's shape without the batch dim, e.g. 3,224,224")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
+    for option in OPTIONS:
+        if option.name in SHARED:
+            _add_option(p, option)
     p.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16,float16,float64")
-    p.add_argument("--memory-format", default="contiguous,channels_last",
-                   help="comma-separated: contiguous,channels_last (channels_last only for 4-D/5-D inputs)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ",".join(MODES))
-    p.add_argument("--layers", default="all", help="all, none (the model only) or comma-separated BN layer names")
-    p.add_argument("--min-run-time", type=float, default=None, help="seconds of timing per case (default 0.2)")
-    p.add_argument("--quick", action="store_true", help="short measurements (CI smoke run)")
-    p.add_argument("--no-cudnn-benchmark", action="store_true", help="run with torch.backends.cudnn.benchmark off")
-    p.add_argument("--seed", type=int, default=0)
+    for option in BENCH_OPTIONS:
+        _add_option(p, option)
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("--json", metavar="PATH", help="also write every case and figure to PATH")
     return p
@@ -177,11 +163,9 @@ def cli(args: argparse.Namespace) -> int:
         print(format_table([result]).splitlines()[-1], file=sys.stderr, flush=True)
 
     print(f"bncheck bench: {args.spec} ...", file=sys.stderr, flush=True)
-    results = run_bench(args.spec, args.input_shape, batch_size=args.batch_size, device=args.device,
-                        dtypes=args.dtype, memory_formats=args.memory_format, modes=args.modes, layers=args.layers,
-                        quick=args.quick, min_run_time=args.min_run_time,
-                        cudnn_benchmark=not args.no_cudnn_benchmark, seed=args.seed,
-                        progress=progress)
+    shared = {name: getattr(args, name) for name in SHARED if getattr(args, name) is not None}
+    knobs = {option.name: getattr(args, option.name) for option in BENCH_OPTIONS}
+    results = run_bench(args.spec, dtypes=args.dtype, progress=progress, **shared, **knobs)
     print("\n".join(header(args.spec, results)))
     print(format_table(results, markdown=args.markdown))
     if args.json:

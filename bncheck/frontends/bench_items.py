@@ -11,7 +11,7 @@ seconds per call. N is the block size torch.utils.benchmark's `blocked_autorange
 cost ≤ 0.01 % of a block); that measurement is kept in extra_info as a cross-check (`torch_timer_median_s`).
 
 Everything here uses pytest-benchmark's public API only (`benchmark.pedantic`, `.extra_info`, `.group`,
-`.enabled`, `.stats`). The work is bncheck.bench.measure; this module is the pytest view of it.
+`.enabled`, `.stats`). The work is bncheck.bench; this module is the pytest view of it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import math
 
 import pytest
 
-from bncheck.bench.measure import BenchCase, Result, copy_figure, prepared, timer
+from bncheck.bench.cases import BenchCase
+from bncheck.bench.results import Result, copy_figure
+from bncheck.bench.timing import prepared, timer
 from bncheck.core.errors import BNCheckSkip
 
 MIN_ROUNDS = 5
@@ -100,14 +102,16 @@ def make_items(parent: pytest.Collector, cases: list[BenchCase]) -> list[pytest.
     return items
 
 
-def plan_items(parent: pytest.Collector, plan) -> list[pytest.Item]:
+def plan_items(parent: pytest.Collector, plan, bench=None) -> list[pytest.Item]:
     """The plugin's --bncheck-benchmark items of one `bncheck.run.plan.Plan`: every case of its model on its example
-    input, device and dtype, reusing the plan's capture of the BN layers' inputs."""
-    from bncheck.bench.measure import benchmark_cases
+    input, device and dtype, reusing the plan's capture of the BN layers' inputs, with the knobs of `bench` (a
+    bncheck.run.settings.BenchSettings; None: the defaults)."""
+    from bncheck.bench.cases import benchmark_cases
+    from bncheck.run.settings import BenchSettings
 
     settings = plan.settings
     cases = benchmark_cases(plan.model, plan.example, device=settings.device, dtype=settings.dtype,
-                            inputs=plan.inputs)
+                            inputs=plan.inputs, **(bench or BenchSettings()).case_options())
     return make_items(parent, cases)
 
 

@@ -6,14 +6,16 @@ import os
 
 import pytest
 
-from bncheck.run.options import OPTIONS
+from bncheck.run.options import BENCH_OPTIONS, OPTIONS
 
 MODEL_OPTION = "--bncheck-model"
 BENCHMARK_OPTION = "--bncheck-benchmark"
 _MODEL_HELP = "model to check: module.path:attr (an nn.Module or a zero-argument factory); repeatable"
 _BENCHMARK_HELP = ("also add throughput benchmark items through pytest-benchmark: the model and each BN layer x "
-                   "forward_train, forward_eval, backward x memory format")
+                   "forward_train, forward_eval, backward x memory format (knobs: --bncheck-bench-*)")
+_BENCH = "bench_"  # the plugin's names of BENCH_OPTIONS: --bncheck-bench-<name>, the ini key bncheck_bench_<name>
 _PLANS = pytest.StashKey[list]()
+_BENCH_SETTINGS = pytest.StashKey[object]()  # a BenchSettings
 _HEADERS = pytest.StashKey[list]()  # an xdist controller's header lines: it builds no plan
 _THREADS = pytest.StashKey[int]()  # an xdist worker's torch thread count before bncheck shared out the cores
 
@@ -23,17 +25,23 @@ def _flag(name: str) -> str:
 
 
 def pytest_addoption(parser):
-    """--bncheck-<name> and the ini key bncheck_<name> for every option of the table, plus the plugin's own."""
+    """--bncheck-<name> and the ini key bncheck_<name> for every option of the tables (a benchmark knob's name
+    starts with bench_), plus the plugin's own."""
     group = parser.getgroup("bncheck", "bncheck: BatchNorm contract checks")
     group.addoption(MODEL_OPTION, dest="bncheck_model", action="append", metavar="SPEC", help=_MODEL_HELP)
     parser.addini("bncheck_model", help=_MODEL_HELP, type="linelist", default=None)
     for option in OPTIONS:
-        kwargs = {"action": "store_true"} if option.switch else {"metavar": option.metavar}
-        group.addoption(_flag(option.name), dest=f"bncheck_{option.name}", help=option.help, **kwargs)
-        parser.addini(f"bncheck_{option.name}", help=option.help, type="bool" if option.switch else "string",
-                      default=None)
+        _add_option(parser, group, option.name, option)
     group.addoption(BENCHMARK_OPTION, dest="bncheck_benchmark", action="store_true", help=_BENCHMARK_HELP)
     parser.addini("bncheck_benchmark", help=_BENCHMARK_HELP, type="bool", default=None)
+    for option in BENCH_OPTIONS:
+        _add_option(parser, group, _BENCH + option.name, option)
+
+
+def _add_option(parser, group, name: str, option) -> None:
+    kwargs = {"action": "store_true"} if option.switch else {"metavar": option.metavar}
+    group.addoption(_flag(name), dest=f"bncheck_{name}", help=option.help, **kwargs)
+    parser.addini(f"bncheck_{name}", help=option.help, type="bool" if option.switch else "string", default=None)
 
 
 def _not_given(value) -> bool:
@@ -76,16 +84,24 @@ def pytest_sessionstart(session):
     if not specs:
         return
     from bncheck.core import spec as spec_mod
+    from bncheck.core.discover import find_batchnorms
     from bncheck.core.errors import BNCheckUsageError
     from bncheck.run.plan import Plan
-    from bncheck.run.settings import settings_from
+    from bncheck.run.settings import bench_settings_from, settings_from
 
     given = {option.name: _given(config, option.name) for option in OPTIONS}
+    bench_given = {option.name: _given(config, _BENCH + option.name) for option in BENCH_OPTIONS}
     try:
         settings = settings_from({name: value for name, (value, _) in given.items()})
+        bench = bench_settings_from({name: value for name, (value, _) in bench_given.items()})
         loaded = [spec_mod.load(s) for s in specs]
+        if _setting(config, "benchmark") and bench.layers is not None:  # a layer name is checked against each model
+            from bncheck.bench.cases import wanted_layers
+
+            for m in loaded:
+                wanted_layers(find_batchnorms(m.model), bench.layers)
+        config.stash[_BENCH_SETTINGS] = bench
         if _is_xdist_controller(config):  # the workers build the plans and run the items: only say what they check
-            from bncheck.core.discover import find_batchnorms
             from bncheck.run.plan import header
 
             config.stash[_HEADERS] = [header(m.spec, find_batchnorms(m.model), settings) + "; checked in the workers"
@@ -94,7 +110,9 @@ def pytest_sessionstart(session):
         _share_the_cores(config)
         config.stash[_PLANS] = [Plan(m, settings) for m in loaded]
     except BNCheckUsageError as exc:
-        flag = given[exc.field][1] if exc.field in given else None
+        # the two tables' names are disjoint (tests/test_options.py), so a field names one flag
+        flags = {**given, **bench_given}
+        flag = flags[exc.field][1] if exc.field in flags else None
         raise pytest.UsageError(exc.flagged(flag) if flag else str(exc)) from None
 
 
@@ -185,7 +203,7 @@ def pytest_collection_modifyitems(session, config, items):
         if _setting(config, "benchmark"):
             from bncheck.frontends.bench_items import plan_items
 
-            added += plan_items(collector, plan)
+            added += plan_items(collector, plan, config.stash.get(_BENCH_SETTINGS, None))
         items.extend(added)
         # Reported like a collected file, so that "collected N items" counts them.
         config.hook.pytest_collectreport(report=pytest.CollectReport(name, "passed", None, added))

@@ -1,7 +1,8 @@
-"""The one table of settings: each option's name, parser, default and help. The pytest plugin adds
-`--bncheck-<name>` and the ini key `bncheck_<name>` for each, the command line `--<name>`; a bad value is a
-BNCheckUsageError carrying the option's name, which each front end words with its own flag. Imports no torch: the
-plugin reads this table when pytest starts."""
+"""The tables of settings: each option's name, parser, default and help. The pytest plugin adds `--bncheck-<name>`
+and the ini key `bncheck_<name>` for each of OPTIONS (the checks), `--bncheck-bench-<name>` and `bncheck_bench_<name>`
+for each of BENCH_OPTIONS (the benchmarks); the command lines `--<name>`. A bad value is a BNCheckUsageError carrying
+the option's name, which each front end words with its own flag. Imports no torch: the plugin reads these tables
+when pytest starts."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,43 @@ def _integer(name: str, minimum: int | None = None, why: str = "") -> Callable[[
             raise BNCheckUsageError(f"must be at least {minimum}{why}", field=name, value=text)
         return value
     return parse
+
+
+def _positive_number(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        from bncheck.core.errors import BNCheckUsageError
+
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise BNCheckUsageError("expected a number", field=name, value=text) from None
+        if not value > 0:  # also NaN
+            raise BNCheckUsageError("must be greater than 0", field=name, value=text)
+        return value
+    return parse
+
+
+def _bench_names(name: str, check: str) -> Callable[[str], tuple[str, ...]]:
+    """A comma-separated list, each item checked by bncheck.bench.workloads' `check` (the rule the Python API
+    applies too)."""
+    def parse(text: str) -> tuple[str, ...]:
+        from bncheck.bench import workloads
+        from bncheck.core.errors import BNCheckUsageError
+
+        names = tuple(p for p in str(text).replace(" ", "").split(",") if p)
+        try:
+            return getattr(workloads, check)(names)
+        except BNCheckUsageError as exc:
+            raise BNCheckUsageError(str(exc), field=name, value=text) from None
+    return parse
+
+
+def _layer_names(text: str) -> tuple[str, ...] | None:
+    """all: None (every BN layer); none: () (the model only); else the names, checked against the model later."""
+    text = str(text).replace(" ", "")
+    if text == "all":
+        return None
+    return () if text in ("none", "") else tuple(p for p in text.split(",") if p)
 
 
 def _core(function: str) -> Callable[[str], object]:
@@ -78,4 +116,22 @@ OPTIONS = (
            "its no-BN twin, on real data fitting its input (built in: 8x8 digits, MNIST-5k; or data_root)", False),
     Option("data_root", "directory holding FashionMNIST/raw/ with the four uncompressed IDX files (train-*, t10k-*): "
            "the convergence item's data instead of the built-in sets; never downloads", None, _data_root, "DIR"),
+)
+
+# The benchmarks' own knobs (--bncheck-benchmark, `python -m bncheck bench`); the model, input, device and seed are
+# OPTIONS' above. Defaults None: bncheck.bench's own (quick or not).
+BENCH_OPTIONS = (
+    Option("modes", "comma-separated: forward_train,forward_eval,backward (default: all)", None,
+           _bench_names("modes", "checked_modes"), "MODES"),
+    Option("memory_format", "comma-separated: contiguous,channels_last (default: both; channels_last only for "
+           "4-D/5-D inputs)", None, _bench_names("memory_format", "checked_formats"), "FORMATS"),
+    Option("layers", "all (default), none (the model only) or comma-separated BN layer names", None, _layer_names,
+           "LAYERS"),
+    Option("min_run_time", "seconds of timing per case (default 0.2; quick 0.01)", None,
+           _positive_number("min_run_time"), "SECONDS"),
+    Option("warmup", "untimed calls before a case is timed (default 10; quick 1)", None,
+           _integer("warmup", 0), "N"),
+    Option("quick", "short measurements and a smaller roofline copy (CI smoke run)", False),
+    Option("no_cudnn_benchmark", "run with torch.backends.cudnn.benchmark off (default: on for the run, then "
+           "restored)", False),
 )

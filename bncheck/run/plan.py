@@ -19,9 +19,12 @@ from bncheck.core.spec import Loaded
 from bncheck.core.state import clone, materialized
 from bncheck.core.tolerances import LOW_PRECISION, dtype_name
 from bncheck.run.settings import Settings
-from bncheck.syncbn.check import check_model_layer, syncbn_targets
+from bncheck.syncbn.targets import check_model_layer, syncbn_targets
 
-TRAINS_THE_MODEL = {"train_vs_eval", "state_dict_roundtrip"}  # model checks that run the whole model in train mode
+# model checks that make sense without a BN layer: a model that normalizes by hand still owes them
+WITHOUT_BATCHNORM = ("eval_single_sample", "eval_state", "state_dict_roundtrip")
+# model checks that run the whole model in train mode
+TRAINS_THE_MODEL = {"train_vs_eval", "state_dict_roundtrip", "running_stats"}
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,13 @@ class Plan:
 
     def header(self) -> str:
         return header(self.spec, self.layers, self.settings) + (
-            f"; inputs captured in eval mode (train mode: {self.train_error})" if self.train_error else "")
+            f"; inputs captured in eval mode (train mode: {self.train_error})" if self.train_error else "") + (
+            "; no BN layer found: only the model checks that need none run" if not self.layers else "")
 
     def cases(self) -> list[Case]:
         if not self.layers:
-            return [Case("no_batchnorm", None, self._no_batchnorm)]
+            return [Case("no_batchnorm", None, self._no_batchnorm)] + [
+                Case(f"model_{check}", None, self._model_check(check)) for check in WITHOUT_BATCHNORM]
         if self.nonfinite is not None:
             return [Case("finite_input", self.nonfinite[0], self._nonfinite)]
         cases = [Case(f"{check}[{layer_label(name)}]", name, self._layer_check(check, name))

@@ -1,11 +1,12 @@
-"""The settings of one run, built from the options table (bncheck.run.options) in one place, validated there."""
+"""The settings of one run, built from the options tables (bncheck.run.options) in one place, validated there:
+Settings from OPTIONS (the checks), BenchSettings from BENCH_OPTIONS (the benchmarks)."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
-from bncheck.run.options import DEFAULT_BATCH_SIZE, OPTIONS
+from bncheck.run.options import BENCH_OPTIONS, DEFAULT_BATCH_SIZE, OPTIONS, Option
 
 
 @dataclass(frozen=True)
@@ -29,17 +30,45 @@ OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
 def settings_from(given: Mapping[str, object]) -> Settings:
-    """Settings from the values given by option name: text (or an int) goes through the option's parser, an absent
-    value (None, or False for a switch) takes the default. A bad value raises a BNCheckUsageError naming the
+    """Settings from the values given by option name: text (or a number) goes through the option's parser, an
+    absent value (None, or False for a switch) takes the default. A bad value raises a BNCheckUsageError naming the
     option (its `field`)."""
+    return Settings(**_values(OPTIONS, given))
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """The benchmark knobs of one run (BENCH_OPTIONS); None takes bncheck.bench's default (quick or not)."""
+
+    modes: tuple[str, ...] | None = None  # None: every mode
+    memory_format: tuple[str, ...] | None = None  # None: every one that applies to the input
+    layers: tuple[str, ...] | None = None  # None: every BN layer; (): the model only
+    min_run_time: float | None = None
+    warmup: int | None = None
+    quick: bool = False
+    no_cudnn_benchmark: bool = False
+
+    def case_options(self) -> dict:
+        """These settings as bncheck.bench.cases.benchmark_cases' keyword arguments."""
+        return {"modes": self.modes, "memory_formats": self.memory_format, "layers": self.layers,
+                "min_run_time": self.min_run_time, "warmup": self.warmup, "quick": self.quick,
+                "cudnn_benchmark": not self.no_cudnn_benchmark}
+
+
+def bench_settings_from(given: Mapping[str, object]) -> BenchSettings:
+    """BenchSettings from the values given by BENCH_OPTIONS name, as `settings_from` does."""
+    return BenchSettings(**_values(BENCH_OPTIONS, given))
+
+
+def _values(options: tuple[Option, ...], given: Mapping[str, object]) -> dict[str, object]:
     values = {}
-    for option in OPTIONS:
+    for option in options:
         value = given.get(option.name)
         if value is None or (option.switch and value is False):
             value = option.default
         if option.switch:
             value = bool(value)
-        elif isinstance(value, (str, int)) and not isinstance(value, bool):
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = option.parse(str(value))
         values[option.name] = value
-    return Settings(**values)
+    return values

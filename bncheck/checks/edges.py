@@ -1,0 +1,138 @@
+"""The edges of torch's contract: an empty batch, a wrong channel count, a large eps, and every autograd mode."""
+
+import contextlib
+
+import torch
+
+from bncheck.checks.eval import assert_eval_output
+from bncheck.checks.running import assert_running_stats
+from bncheck.checks.train import assert_batch_stats
+from bncheck.core.compare import check_close, fail
+from bncheck.core.errors import BNCheckError, BNCheckSkip, one_line
+from bncheck.core.harness import LayerCase, params, run
+from bncheck.core.state import clone
+from bncheck.core.threads import single_threaded
+from bncheck.core.tolerances import tolerance
+
+LARGE_EPS = 0.1  # eps this large shows wherever a layer ignores its eps or adds it to the running variance
+
+
+def _modes(case: LayerCase) -> list[bool]:
+    """train mode where the layer has one, and eval mode."""
+    return ([] if case.frozen else [True]) + [False]
+
+
+def _mode(train: bool) -> str:
+    return "train mode" if train else "eval mode"
+
+
+def _statistics(layer) -> dict[str, torch.Tensor]:
+    return {key: getattr(layer, key).detach().clone() for key in ("running_mean", "running_var")
+            if isinstance(getattr(layer, key, None), torch.Tensor)}
+
+
+@single_threaded
+def assert_empty_batch(layer, x, *, name: str = "", seed: int = 0) -> None:
+    """A batch of N = 0 gives an empty output of the input's shape in train and eval mode, and leaves the running
+    statistics as they were (as torch does: detection heads with no region left rely on it)."""
+    case = LayerCase(layer, name, x, seed)
+    empty = case.inputs[0].x[:0]
+    for train in _modes(case):
+        twin = case.fresh()
+        before = _statistics(twin)
+        where = f"{case.title}, empty batch {tuple(empty.shape)}, {_mode(train)}"
+        try:
+            y = run(twin, empty, train=train)
+        except Exception as exc:
+            raise fail(where, f"raised {one_line(exc)}",
+                       "a guard or a division that treats N = 0 as an error; torch returns an empty output "
+                       "and leaves the statistics as they are") from exc
+        if not isinstance(y, torch.Tensor) or y.shape != empty.shape:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise fail(where, f"returned {got}, expected an empty output {tuple(empty.shape)}",
+                       "the output is built from the statistics' shape rather than the input's")
+        for key, value in _statistics(twin).items():
+            if not torch.equal(value, before[key]):
+                nan = int(value.isnan().sum())
+                raise fail(where, f"{key} changed" + (f" (NaN in {nan} of {value.numel()} channels)" if nan else ""),
+                           "statistics of zero values are 0/0 = NaN: skip the running-statistics update when the "
+                           "batch is empty, as torch does")
+
+
+@single_threaded
+def assert_channel_mismatch_raises(layer, x, *, name: str = "", seed: int = 0) -> None:
+    """An input whose channel count differs from the layer's (C + 1 channels; 1 channel too, except for a frozen BN,
+    whose plain broadcasting torchvision accepts) raises in train and eval mode instead of broadcasting."""
+    case = LayerCase(layer, name, x, seed)
+    twin = case.fresh()
+    if not any(isinstance(t, torch.Tensor) for t in (*params(twin), *_statistics(twin).values())):
+        raise BNCheckSkip(f"{case.title}: no per-channel γ, β or statistics: any channel count is valid")
+    base = case.inputs[0].x
+    wrong = [torch.cat([base, base[:, :1]], 1)] + ([base[:, :1]] if case.channels > 1 and not case.frozen else [])
+    for xs in wrong:
+        for train in _modes(case):
+            try:
+                y = run(case.fresh(), xs, train=train)
+            except Exception:
+                continue
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise fail(f"{case.title}, input {tuple(xs.shape)} to a layer of {case.channels} channels, "
+                       f"{_mode(train)}", f"returned {got} instead of raising",
+                       "γ, β and the statistics broadcast silently against the input; check the channel count "
+                       "(torch raises 'running_mean should contain ... elements')")
+
+
+def assert_large_eps(layer, x, *, name: str = "", seed: int = 0) -> None:
+    """With eps = LARGE_EPS set on (a copy of) the layer, the train output, the running statistics and the eval
+    output still follow the contract: the layer reads its eps, and only inside the sqrt. Skips where the layer
+    fails the same check at its own eps: that item says what is wrong, and it is not the eps."""
+    if not isinstance(getattr(layer, "eps", None), (int, float)):
+        raise BNCheckSkip(f"{name or 'layer'}: no eps attribute to set")
+    twin = clone(layer)
+    twin.eps = LARGE_EPS
+    for check in (assert_batch_stats, assert_running_stats, assert_eval_output):
+        try:
+            check(twin, x, name=f"{name or 'layer'}, eps set to {LARGE_EPS:g}", seed=seed)
+        except BNCheckSkip:
+            continue
+        except BNCheckError as exc:
+            try:
+                check(layer, x, name=name, seed=seed)
+            except (BNCheckError, BNCheckSkip):
+                item = check.__name__.removeprefix("assert_")
+                raise BNCheckSkip(f"{name or 'layer'}: fails {item} at its own eps {layer.eps:g} too (the "
+                                  f"{item} item says how): eps is not what is wrong") from None
+            raise exc from None
+
+
+_GRAD_MODES = {"torch.no_grad()": torch.no_grad, "torch.inference_mode()": torch.inference_mode}
+
+
+def _in_grad_mode(twin, x: torch.Tensor, train: bool, mode=None) -> list[tuple[str, torch.Tensor]]:
+    """(quantity, value) of one forward: the output and the running statistics after it; with gradients enabled
+    and a requires_grad input when `mode` is None, else inside `mode`."""
+    twin.train(train)
+    xs = x.detach().clone().requires_grad_(mode is None)
+    with mode() if mode is not None else contextlib.nullcontext():
+        y = twin(xs)
+    return [("output", y.detach().clone())] + [(key, value) for key, value in _statistics(twin).items()]
+
+
+@single_threaded
+def assert_grad_modes(layer, x, *, name: str = "", seed: int = 0) -> None:
+    """The autograd mode changes nothing: under torch.no_grad() and torch.inference_mode() the output and the
+    running statistics are those of a forward with gradients enabled on a requires_grad input, in train mode
+    (batch statistics, statistics updated) and in eval mode (running statistics)."""
+    case = LayerCase(layer, name, x, seed)
+    probe = case.inputs[0]
+    for train in _modes(case):
+        expected = _in_grad_mode(case.fresh(), probe.x, train)
+        for label, mode in _GRAD_MODES.items():
+            got = _in_grad_mode(case.fresh(), probe.x, train, mode)
+            for (quantity, a), (_, b) in zip(got, expected):
+                check_close(a, b, where=case.where(probe, _mode(train), label),
+                            quantity=f"{quantity} vs with gradients enabled", tol=tolerance(probe.x.dtype),
+                            axes=("sample", "channel") if quantity == "output" else ("channel",),
+                            cause="the layer decides between batch and running statistics (or whether to update "
+                                  "them) by the autograd mode (torch.is_grad_enabled(), x.requires_grad) instead "
+                                  "of self.training")
