@@ -2,7 +2,7 @@
 
 Each session installs what it needs into its own venv under .nox/ (`nox -R` reuses it without reinstalling);
 whatever installs torch passes `-c constraints-ci.txt`, so the pinned torch and torchvision come from local files.
-Arguments after `--` go to the session's command, e.g. `nox -s tests -- tests/test_syncbn.py -x`.
+Arguments after `--` go to the session's command, e.g. `nox -s tests -- tests/syncbn/test_syncbn.py -x`.
 """
 
 from pathlib import Path
@@ -41,7 +41,7 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmarks, serially, as JSON in .benchmarks/nox/ (or the folder after --).
 
-    tests/test_performance.py through pytest-benchmark (performance.json), every timing comparison and duration
+    tests/run/test_performance.py through pytest-benchmark (performance.json), every timing comparison and duration
     bound of the suite (-m timing: timing.json) and `python -m bncheck bench` on the seed CNN (seed_cnn.json)."""
     _install(session, "test")
     out = Path(session.posargs[0]) if session.posargs else BENCH_DIR
@@ -49,9 +49,10 @@ def bench(session: nox.Session) -> None:
     # pytest-benchmark times nothing under xdist
     # every timing comparison and duration bound (-m timing), with pytest-benchmark enabled (it times nothing
     # under xdist), so each budget is asserted here
-    session.run("pytest", "-p", "no:xdist", "-m", "timing or slow", "tests/test_performance.py",
+    session.run("pytest", "-p", "no:xdist", "-m", "timing or slow", "tests/run/test_performance.py",
                 f"--benchmark-json={out / 'performance.json'}", "--benchmark-columns=min,max,mean,rounds")
-    session.run("pytest", "-p", "no:xdist", "-m", "timing", "tests/test_bench.py", "tests/test_convergence.py",
+    session.run("pytest", "-p", "no:xdist", "-m", "timing", "tests/bench/test_bench.py",
+                "tests/training/test_convergence.py",
                 f"--benchmark-json={out / 'timing.json'}", "--benchmark-columns=min,max,mean,rounds")
     session.run("python", "-m", "bncheck", "bench", "bncheck.examples:seed_cnn", "--json", str(out / "seed_cnn.json"))
     session.log(f"benchmark JSON: {out / 'performance.json'}, {out / 'seed_cnn.json'}")

@@ -19,9 +19,9 @@ _EXPORTS = {
                      "assert_non_contiguous", "assert_running_stats", "assert_single_value_raises",
                      "assert_standardization", "assert_statistics_registered"], "checks"),
     # model checks, lints, discovery, capture
-    **dict.fromkeys(["MODEL_CHECKS", "assert_bn_ops_follow_mode", "assert_eval_no_state_change",
-                     "assert_fusion_matches", "assert_state_dict_roundtrip", "assert_train_differs_from_eval"],
-                    "checks.model"),
+    "assert_eval_no_state_change": "checks.eval",  # the former model-level name of assert_eval_state_unchanged
+    **dict.fromkeys(["MODEL_CHECKS", "assert_bn_ops_follow_mode", "assert_fusion_matches",
+                     "assert_state_dict_roundtrip", "assert_train_differs_from_eval"], "checks.model"),
     "assert_model_running_stats": "checks.model_statistics",
     **dict.fromkeys(["find_frozen_affine_training", "find_keras_momentum", "find_redundant_bias", "lint"],
                     "checks.lints"),
@@ -79,11 +79,11 @@ if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each
         assert_standardization,
         assert_statistics_registered,
     )
+    from .checks.eval import assert_eval_no_state_change
     from .checks.lints import find_frozen_affine_training, find_keras_momentum, find_redundant_bias, lint
     from .checks.model import (
         MODEL_CHECKS,
         assert_bn_ops_follow_mode,
-        assert_eval_no_state_change,
         assert_fusion_matches,
         assert_state_dict_roundtrip,
         assert_train_differs_from_eval,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-# --- hypothesis profiles (tests/test_properties.py) ------------------------------------------------------------
+# --- hypothesis profiles (tests/testing/test_properties.py) ------------------------------------------------
 # "ci" (the default): deterministic and quick, the same examples on every run and machine.
 # "thorough": many more random examples; select it with hypothesis' own option `--hypothesis-profile=thorough`.
 from hypothesis import HealthCheck, settings
@@ -23,7 +23,7 @@ if settings.get_current_profile_name() == "default":
 
 
 # --- the plugin tests' pytester set-up ------------------------------------------------------------------------
-MODELS_SOURCE = Path(__file__).with_name("plugin_models.py").read_text()
+MODELS_SOURCE = (Path(__file__).parent / "planted" / "specs.py").read_text()
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +45,13 @@ def bnmodels(pytester, _lazy_torch_imports):
     pytester.makepyfile(bnmodels=MODELS_SOURCE)
     pytester.syspathinsert()
     return pytester
+
+
+@pytest.fixture
+def cli_models(tmp_path, monkeypatch):
+    """The same test models as an importable `cli_models` module, for the CLI run in this process."""
+    (tmp_path / "cli_models.py").write_text(MODELS_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
 
 
 # --- shared by several test files -------------------------------------------------------------------------------

@@ -37,6 +37,13 @@ def test_every_module_belongs_to_a_layer():
     assert {p.stem for p in PACKAGE.glob("*.py")} == FACADES
 
 
+def test_the_tests_mirror_the_packages():
+    """tests/<layer>/ per subpackage; planted bugs in one place (tests/planted/); the model zoo apart."""
+    tests = Path(__file__).parent
+    found = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    assert found == set(LAYERS) | {"planted", "zoo"}
+
+
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_import_points_up_or_sideways(path):
     layer = path.parent.name

@@ -14,7 +14,7 @@ from bncheck.core.discover import find_batchnorms
 from bncheck.core.errors import BNCheckSkip, BNCheckUsageError, one_line
 from bncheck.core.harness import LayerCase, params, run
 from bncheck.core.reference import torch_output
-from bncheck.core.state import Snapshot, clone
+from bncheck.core.state import Snapshot, clone, materialized
 from bncheck.core.threads import one_thread, single_threaded
 from bncheck.core.tolerances import tolerance
 
@@ -46,9 +46,27 @@ def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
                         cause="eval mode does not normalize with the running statistics and the layer's eps")
 
 
-@single_threaded
-def assert_eval_state_unchanged(layer, x, *, name: str = "", seed: int = 0) -> None:
-    """A forward in eval mode changes no buffer or parameter."""
+def assert_eval_state_unchanged(module: nn.Module, x, *, name: str = "", seed: int = 0) -> None:
+    """A forward in eval mode changes no buffer or parameter: of a BN layer (on x and the probes; a frozen BN in
+    train mode too), or of a whole model (on x, Lazy parameters materialized first)."""
+    if find_batchnorms(module).keys() == {""}:
+        with one_thread():
+            _layer_eval_state(module, x, name=name, seed=seed)
+        return
+    twin = materialized(clone(module), x).eval()
+    before = Snapshot.of(twin)
+    with torch.no_grad():
+        forward(twin, x)
+    changed = before.differences(twin)
+    if changed:
+        raise fail(f"{name or type(module).__name__}, eval mode", f"a forward changed the model: "
+                   f"{'; '.join(changed[:5])}", "a BN layer updates its running statistics outside train mode")
+
+
+assert_eval_no_state_change = assert_eval_state_unchanged  # its name for a whole model until the two were one
+
+
+def _layer_eval_state(layer, x, *, name: str, seed: int) -> None:
     case = LayerCase(layer, name, x, seed)
     for probe in case.inputs:
         for train in _modes(case):

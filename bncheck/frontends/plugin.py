@@ -110,7 +110,7 @@ def pytest_sessionstart(session):
         _share_the_cores(config)
         config.stash[_PLANS] = [Plan(m, settings) for m in loaded]
     except BNCheckUsageError as exc:
-        # the two tables' names are disjoint (tests/test_options.py), so a field names one flag
+        # the two tables' names are disjoint (tests/run/test_options.py), so a field names one flag
         flags = {**given, **bench_given}
         flag = flags[exc.field][1] if exc.field in flags else None
         raise pytest.UsageError(exc.flagged(flag) if flag else str(exc)) from None

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from mutants import KerasMomentum
+from planted.layers import KerasMomentum
 from torch import nn
 
 from bncheck import BNCheckError, Report, assert_batch_stats, check_model

@@ -6,9 +6,18 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from correct_layers import BatchNormAct2d
-from mutants import ScratchBN
-from test_plugin import outcomes_by_id
+from planted.correct import BatchNormAct2d
+from planted.models import (
+    EvalEpsOutsideSqrtAct,
+    EvalMovesRunningMean,
+    Exploding,
+    Float32Compute,
+    Float32ComputeWrongEps,
+    PartlyNaN,
+    RoundsWithTheBatch,
+    StatsAsAttributes,
+)
+from plugin_runs import outcomes_by_id
 from torch import nn
 
 from bncheck import (
@@ -47,16 +56,6 @@ def _run_all_model_checks(model, x) -> dict[str, str]:
 
 # 1. fusion compares like with like: a BN + activation layer is fused without its activation -----------------------
 
-class EvalEpsOutsideSqrtAct(BatchNormAct2d):
-    """Eval mode divides by sqrt(running_var) + eps: the fused map (eps inside) differs."""
-
-    def forward(self, x):
-        if self.training:
-            return super().forward(x)
-        y = (x - self.running_mean[:, None, None]) / (self.running_var[:, None, None].sqrt() + self.eps)
-        return self.act(y * self.weight[:, None, None] + self.bias[:, None, None])
-
-
 def _conv_bn_act(bn):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), bn).eval()
     with torch.no_grad():  # statistics of a trained model: var near eps makes a misplaced eps visible
@@ -74,17 +73,6 @@ def test_fusion_of_a_bn_act_layer_compares_like_with_like():
 
 # 2. Lazy models: materializing is set-up, not a state change --------------------------------------------------------
 
-class UpdatesInEval(nn.BatchNorm2d):
-    """Moves its running mean in eval mode too."""
-
-    def forward(self, x):
-        y = super().forward(x)
-        if not self.training:
-            with torch.no_grad():
-                self.running_mean.add_(0.1)
-        return y
-
-
 def test_lazy_models_pass_every_model_check_and_are_left_lazy():
     model = nn.Sequential(nn.LazyConv2d(4, 3, bias=False), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(),
                           nn.LazyLinear(3), nn.LazyBatchNorm1d())
@@ -93,31 +81,12 @@ def test_lazy_models_pass_every_model_check_and_are_left_lazy():
     assert outcomes["eval_state"] == outcomes["state_dict_roundtrip"] == outcomes["fusion"] == "passed", outcomes
     assert before.differences(model) == []
     assert any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters())
-    mutant = nn.Sequential(nn.LazyConv2d(4, 3, bias=False), UpdatesInEval(4))
+    mutant = nn.Sequential(nn.LazyConv2d(4, 3, bias=False), EvalMovesRunningMean(4))
     with pytest.raises(BNCheckError, match="a forward changed the model"):
         assert_eval_no_state_change(mutant, _x(4, 3, 8, 8), name="mutant")
 
 
 # 3. an output in another dtype is a warning when its values are right ------------------------------------------------
-
-class Float32Compute(ScratchBN):
-    """Computes in float32 and returns float32 for half input (plain type promotion): right values."""
-
-    def forward(self, x):
-        return super().forward(x.float())
-
-
-class Float32ComputeWrongEps(ScratchBN):
-    """Computes in float32 but adds eps outside the sqrt: wrong values."""
-
-    def forward(self, x):
-        x = x.float()
-        if not self.training:
-            return super().forward(x)
-        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
-        y = (x - mean[:, None, None]) / (var[:, None, None].sqrt() + self.eps)
-        return y * self.weight[:, None, None] + self.bias[:, None, None]
-
 
 def test_a_float32_result_for_half_input_warns_and_wrong_values_still_fail():
     x = _x(4, 3, 5, 5)
@@ -162,42 +131,6 @@ def test_the_reference_bound_is_reported_and_a_half_precision_mutant_still_fails
 
 # 5. the state_dict round trip: NaN where NaN is, a gentle step, a skip when nothing is finite ----------------------
 
-class PartlyNaN(nn.Module):
-    """A correct BN model whose output is NaN by design in one column (log of a negative constant)."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin, self.bn = nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3)
-
-    def forward(self, x):
-        y = self.bn(self.lin(x))
-        return torch.cat([y, torch.log(-torch.ones_like(y[:, :1]))], dim=1)
-
-
-class Exploding(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin, self.bn = nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3)
-
-    def forward(self, x):
-        return self.bn(self.lin(x)) * float("inf") if not self.training else self.bn(self.lin(x))
-
-
-class StatsAsAttributes(nn.Module):
-    """Keeps a running mean as a plain attribute that the state_dict does not hold (the mutant)."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin, self.bn = nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3)
-        self.shift = torch.zeros(3)
-
-    def forward(self, x):
-        y = self.bn(self.lin(x))
-        if self.training:
-            self.shift = self.shift + self.lin(x).detach().mean(0)
-        return y + self.shift
-
-
 def test_state_dict_roundtrip_treats_nan_as_nan_and_skips_when_nothing_is_finite():
     assert_state_dict_roundtrip(PartlyNaN(), _x(8, 4), name="partly-nan")
     with pytest.raises(BNCheckSkip, match="not finite anywhere"):
@@ -218,22 +151,6 @@ def test_a_non_finite_input_is_one_error_naming_the_first_bn(bnmodels):
 
 
 # 7. bounds that grow with depth and width: the float64 model is the reference -------------------------------------
-
-class RoundsWithTheBatch(nn.Module):
-    """Correct in exact arithmetic (x − m + m = x, samples independent), but float32 rounding depends on the
-    batch's mean m: a deep or wide model's rounding, in miniature."""
-
-    def __init__(self, batch_stats_in_eval: bool = False):
-        super().__init__()
-        self.bn = nn.BatchNorm1d(6)
-        self.batch_stats_in_eval = batch_stats_in_eval  # the mutant: F.batch_norm(training=True) in eval mode
-
-    def forward(self, x):
-        m = 3e4 * x.mean(0, keepdim=True)
-        bn = self.bn
-        return F.batch_norm(x - m + m, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                            bn.training or self.batch_stats_in_eval, bn.momentum, bn.eps)
-
 
 def test_eval_single_sample_allows_what_float32_rounding_shows_against_float64():
     x = _x(8, 6, offset=0.5)

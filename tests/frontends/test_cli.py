@@ -8,52 +8,6 @@ from bncheck.checks import LAYER_CHECKS
 from bncheck.checks.lints import LINTS
 from bncheck.checks.model import MODEL_CHECKS
 
-CLI_MODELS = '''
-import warnings
-import torch
-from torch import nn
-
-
-class NoisyBN(nn.BatchNorm2d):
-    """Correct, but emits an unrelated UserWarning on every call."""
-
-    def forward(self, x):
-        warnings.warn("some library chatter", UserWarning)
-        return super().forward(x)
-
-
-class FlippedBN(nn.BatchNorm2d):
-    """The Keras momentum convention inside: running = m·running + (1 − m)·batch."""
-
-    def forward(self, x):
-        if self.training:
-            self.momentum = 1 - self.momentum
-            try:
-                return super().forward(x)
-            finally:
-                self.momentum = 1 - self.momentum
-        return super().forward(x)
-
-
-def _x():
-    return torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-
-
-noisy = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), NoisyBN(4))
-noisy.example_input = _x()
-biased = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4))
-biased.example_input = _x()
-flipped = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), FlippedBN(4))
-flipped.example_input = _x()
-shapeless = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
-'''
-
-
-@pytest.fixture
-def cli_models(tmp_path, monkeypatch):
-    (tmp_path / "cli_models.py").write_text(CLI_MODELS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-
 
 def _statuses(out: str) -> dict[str, str]:
     return {line.split()[1]: line.split()[0] for line in out.splitlines()
@@ -91,8 +45,8 @@ def test_only_lint_findings_turn_a_pass_into_warn(cli_models, capsys):
     (["cli_models:flipped", "--batch-size", "1"], "error: --batch-size=1: must be at least 2"),
     (["cli_models:flipped", "--dtype", "int8"], "error: --dtype=int8: expected one of"),
     (["cli_models:flipped", "--device", "tpu9"], "error: --device=tpu9: "),
-    (["cli_models:shapeless"], "error: cli_models:shapeless: no input shape: pass --input-shape C,H,W"),
-    (["cli_models:shapeless", "--input-shape", "3,x"], "error: --input-shape=3,x: expected positive integers"),
+    (["cli_models:plain"], "error: cli_models:plain: no input shape: pass --input-shape C,H,W"),
+    (["cli_models:plain", "--input-shape", "3,x"], "error: --input-shape=3,x: expected positive integers"),
     (["no_such_module_xyz:net"], "error: no_such_module_xyz:net: cannot import 'no_such_module_xyz'"),
     pytest.param(["cli_models:flipped", "--device", "cuda"], "error: --device=cuda: no CUDA GPU is available "
                  "(torch.cuda.is_available() is False); use cpu or auto",

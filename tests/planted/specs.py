@@ -1,9 +1,11 @@
-"""Tiny models for tests/test_plugin.py.
+"""Tiny models the plugin and CLI tests name by spec (as `bnmodels` and `cli_models`).
 
 test_plugin.py writes this file's text into each pytester directory as `bnmodels.py`, so that the inner pytest
 run (in-process or in a subprocess) loads them as `--bncheck-model=bnmodels:<name>`. Everything here is small
 (a few channels, 8x8 inputs) so that a whole plugin run takes about a second.
 """
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +107,17 @@ class PromotingBN(nn.BatchNorm2d):
 
 promotes = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), PromotingBN(4))
 promotes.example_input = _x(4, 3, 8, 8)
+
+class NoisyBN(nn.BatchNorm2d):
+    """Correct, but emits an unrelated UserWarning on every call."""
+
+    def forward(self, x):
+        warnings.warn("some library chatter", UserWarning, stacklevel=2)
+        return super().forward(x)
+
+
+noisy = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), NoisyBN(4))
+noisy.example_input = _x(4, 3, 8, 8)
 
 # Lints: a conv with a bias feeding BN, Keras's momentum, frozen γ/β in train mode.
 biased = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4))

@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 import torch
 import torchvision
-from mutants import CHANNELS, DuckBN, ManualBackwardBN, ScratchBN, example_input
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 import bncheck
+from planted.layers import CHANNELS, DuckBN, ManualBackwardBN, ScratchBN, example_input
 
 Factory = Callable[[], tuple[nn.Module, torch.Tensor]]
 

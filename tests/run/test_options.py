@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-from test_cli import cli_models  # noqa: F401 - a fixture
-from test_plugin import assert_usage_error, collected_ids, expected_ids
+from plugin_runs import assert_usage_error, collected_ids, expected_ids
 
 from bncheck.bench.cases import DEFAULT_MIN_RUN_TIME, DEFAULT_WARMUP, case_name
 from bncheck.bench.workloads import MEMORY_FORMATS, MODES

@@ -3,7 +3,7 @@ batch sizes, ranks whose data differ in mean and scale, 2 and 3 ranks), the know
 worst element (averaged variances, equal rank weights, statistics reduced outside autograd), torch's nn.SyncBatchNorm
 skips in one line on the CPU (runs with nccl on GPUs), and no worker outlives a check, nor a killed checking process.
 
-The layers live in tests/sync_layers.py (module level: worker processes unpickle factories of them).
+The layers live in tests/planted/sync.py (module level: worker processes unpickle factories of them).
 """
 
 import contextlib
@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-import sync_layers
 import torch
-from sync_layers import (
+from planted import sync as sync_layers
+from planted.sync import (
     AveragedVarianceSyncBatchNorm,
     DetachedSyncBatchNorm,
     DyingSyncBatchNorm,
@@ -209,10 +209,10 @@ def test_a_model_named_by_instance_is_neither_converted_nor_changed(attr, conver
     place, and the check would set its state. Both must happen on a copy, whether the check runs or skips."""
     model = getattr(sync_layers, attr)
     before, types = Snapshot.of(model), {n: type(m) for n, m in model.named_modules()}
-    factory = targets.layer_factory(f"sync_layers:{attr}", name, convert)
+    factory = targets.layer_factory(f"planted.sync:{attr}", name, convert)
     if name:
         with contextlib.suppress(BNCheckSkip):
-            targets.check_model_layer(f"sync_layers:{attr}", name, (4, 3, 3), convert=convert)
+            targets.check_model_layer(f"planted.sync:{attr}", name, (4, 3, 3), convert=convert)
     layer = factory()
     _unchanged(model, before, types)
     assert layer is not model.get_submodule(name)
@@ -246,7 +246,7 @@ def _ended(pid: int) -> bool:
 KILLED_PARENT = """
 import functools, sys
 sys.path.insert(0, {tests!r})
-from sync_layers import PidFileHangingSyncBatchNorm
+from planted.sync import PidFileHangingSyncBatchNorm
 from bncheck.syncbn import assert_syncbn_matches, check, targets
 assert_syncbn_matches(functools.partial(PidFileHangingSyncBatchNorm, 4, {directory!r}), world_size=2, timeout=300)
 """
@@ -256,7 +256,7 @@ assert_syncbn_matches(functools.partial(PidFileHangingSyncBatchNorm, 4, {directo
 def test_workers_exit_when_the_checking_process_is_killed(tmp_path):
     """SIGKILL the process running a check (as a CI job's timeout would) while its workers hang in a collective:
     the workers and the forkserver, their parent, exit by themselves long before the check's 300 s timeout."""
-    code = KILLED_PARENT.format(tests=str(Path(__file__).parent), directory=str(tmp_path))
+    code = KILLED_PARENT.format(tests=str(Path(__file__).parents[1]), directory=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     pids: set[int] = set()
     try:
@@ -291,7 +291,7 @@ def test_workers_exit_when_the_checking_process_is_killed(tmp_path):
 PLUGIN_MODELS = textwrap.dedent("""
     import torch
     from torch import nn
-    from sync_layers import SumSyncBatchNorm, AveragedVarianceSyncBatchNorm
+    from planted.sync import SumSyncBatchNorm, AveragedVarianceSyncBatchNorm
 
     def _model(bn):
         model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), bn, nn.ReLU())

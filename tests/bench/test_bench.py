@@ -476,7 +476,7 @@ def test_on_gpu_a_run_leaves_no_allocation_and_restores_cudnn_benchmark(monkeypa
 
 # ------------------------------------------------------------------------------------------------ the plugin option
 
-from test_plugin import collected_ids, expected_ids  # noqa: E402
+from plugin_runs import collected_ids, expected_ids  # noqa: E402
 
 NET_BENCH_IDS = [f"bncheck[bnmodels:net]::{case_name(mode, target, torch.float32, fmt)}"
                  for target, fmts in (("model", ("contiguous", "channels_last")),

@@ -2,110 +2,25 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
+from planted.models import (
+    DefaultStatsBN,
+    EpsOutsideInEvalBN,
+    EvalIgnoredBN,
+    LogsBatchStatistics,
+    PerImage,
+    Siamese,
+    TrainIgnoredBN,
+    TwoInputs,
+    UnsavedStatsBN,
+    UpdatedTwiceBN,
+    net,
+)
 from torch import nn
 
 from bncheck import BNCheckError, BNCheckSkip
 from bncheck.checks.model import MODEL_CHECKS
 from bncheck.core.state import Snapshot
-
-
-class EvalIgnoredBN(nn.BatchNorm2d):
-    """Mutant: calls the functional batch_norm with training=True whatever its mode."""
-
-    def forward(self, x):
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, 0.1, self.eps)
-
-
-class TrainIgnoredBN(nn.BatchNorm2d):
-    """Mutant: always normalizes with the running statistics, so train() has no effect."""
-
-    def forward(self, x):
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, self.eps)
-
-
-class UnsavedStatsBN(nn.Module):
-    """Mutant: running statistics are non-persistent buffers, lost by state_dict()."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
-        self.register_buffer("running_mean", torch.zeros(c), persistent=False)
-        self.register_buffer("running_var", torch.ones(c), persistent=False)
-        self.momentum, self.eps = 0.1, 1e-5
-
-    def forward(self, x):
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, 0.1, 1e-5)
-
-
-class EpsOutsideInEvalBN(nn.BatchNorm2d):
-    """Mutant: eval mode divides by sqrt(running_var) + eps, which is not what conv-BN fusion assumes."""
-
-    def forward(self, x):
-        if self.training:
-            return super().forward(x)
-        shape = (1, -1, 1, 1)
-        return ((x - self.running_mean.view(shape)) / (self.running_var.view(shape).sqrt() + self.eps)
-                * self.weight.view(shape) + self.bias.view(shape))
-
-
-class UpdatedTwiceBN(nn.BatchNorm2d):
-    """A BN whose own update is wrong (a second forward inside forward): the per-layer checks' business."""
-
-    def forward(self, x):
-        super().forward(x)
-        return super().forward(x)
-
-
-class LogsBatchStatistics(nn.Module):
-    """Mutant: logs a 'clean' normalized activation by a functional batch_norm on its BN's own buffers, with
-    training=True: the statistics move twice per forward, although the BN layer alone is correct."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
-
-    def forward(self, x):
-        h = self.conv(x)
-        self.logged = F.batch_norm(h.detach(), self.bn.running_mean, self.bn.running_var, training=True).std()
-        return self.bn(h)
-
-
-class DefaultStatsBN(nn.Module):
-    """Mutant: its statistics default to tensors built once, when the def ran: every instance shares them."""
-
-    def __init__(self, c, running_mean=torch.zeros(4), running_var=torch.ones(4)):  # noqa: B008
-        super().__init__()
-        self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
-        self.register_buffer("running_mean", running_mean)
-        self.register_buffer("running_var", running_var)
-        self.momentum, self.eps = 0.1, 1e-5
-
-    def forward(self, x):
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
-                            self.momentum, self.eps)
-
-
-class Siamese(nn.Module):
-    """Correct: one BN applied to two branches, so two updates per forward."""
-
-    def __init__(self, bn: nn.Module):
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(3, 4, 3), bn
-
-    def forward(self, x):
-        return self.bn(self.conv(x)) - self.bn(self.conv(x.flip(-1) * 2))
-
-
-def net(bn: nn.Module) -> nn.Module:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), bn, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-    with torch.no_grad():  # a trained-looking state, so that eval vs train and fusion see real statistics
-        bn.running_mean.uniform_(-1, 1)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.running_var[0] = 1e-4  # near eps: eps placement shows
-    return model
-
 
 X = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -190,32 +105,10 @@ def test_train_vs_eval_skips_when_no_layer_tracks_stats():
         MODEL_CHECKS["train_vs_eval"](net(torchvision.ops.FrozenBatchNorm2d(4)), X)
 
 
-class PerImage(nn.Module):
-    """A detector-like head: one dict per image (as torchvision's detectors return in eval mode)."""
-
-    def __init__(self, bn: nn.Module):
-        super().__init__()
-        self.body = net(bn)
-
-    def forward(self, images):
-        return [{"scores": logits, "labels": logits.argmax(0, keepdim=True)} for logits in self.body(images)]
-
-
 def test_eval_single_sample_compares_per_image_outputs_per_image():
     MODEL_CHECKS["eval_single_sample"](PerImage(nn.BatchNorm2d(4)), X, name="per-image")
     with pytest.raises(BNCheckError, match=r"per-image, eval mode, sample 0 alone vs in a batch of 6"):
         MODEL_CHECKS["eval_single_sample"](PerImage(EvalIgnoredBN(4)), X, name="per-image")
-
-
-class TwoInputs(nn.Module):
-    """forward(a, b): the example input is the tuple of arguments."""
-
-    def __init__(self, bn: nn.Module):
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(3, 4, 3, bias=False), bn
-
-    def forward(self, a, b):
-        return self.bn(self.conv(a + b))
 
 
 @pytest.mark.parametrize("check", sorted(MODEL_CHECKS))

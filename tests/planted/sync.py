@@ -1,6 +1,6 @@
-"""Synchronized BatchNorm layers for tests/test_syncbn.py: a correct one written from scratch for CPU/gloo, mutants
-with the known synchronization bugs, and layers whose workers misbehave (hang, raise, die, outlive a killed parent)
-to prove that the SyncBN check always shuts its processes down; and rank functions for the launcher alone.
+"""Synchronized BatchNorm layers for tests/syncbn/test_syncbn.py: a correct one written from scratch for CPU/gloo,
+mutants with the known synchronization bugs, and layers whose workers misbehave (hang, raise, die, outlive a killed
+parent) to prove that the SyncBN check always shuts its processes down; and rank functions for the launcher alone.
 
 Module-level, so that every worker process can unpickle them or a factory of them (tests/ is on sys.path).
 """
@@ -178,7 +178,7 @@ def shared_sync_bn() -> SumSyncBatchNorm:
     return SHARED_SYNC_BN
 
 
-# Model instances a spec names ('sync_layers:PLAIN_MODEL'), as the plugin's --bncheck-model does.
+# Model instances a spec names ('planted.sync:PLAIN_MODEL'), as the plugin's --bncheck-model does.
 PLAIN_MODEL = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
 SYNC_MODEL = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), SumSyncBatchNorm(4), nn.ReLU())
 

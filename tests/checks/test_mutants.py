@@ -4,8 +4,8 @@ correct layer, and no check changes the user's layer."""
 import warnings
 
 import pytest
-from correct_layers import CORRECT_LAYERS
-from mutants import (
+from planted.correct import CORRECT_LAYERS
+from planted.layers import (
     CHANNELS,
     MUTANTS,
     CrashesOnSecondCall,

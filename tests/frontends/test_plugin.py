@@ -1,7 +1,7 @@
 """The pytest plugin end to end: options, ini settings, collection and ids (serial, -k, --lf, xdist), header,
 summary, fixtures, lints as warnings, one-line usage errors, and the user's model left untouched.
 
-Each test writes tests/plugin_models.py into its pytester directory as `bnmodels.py` and runs pytest on
+Each test writes tests/planted/specs.py into its pytester directory as `bnmodels.py` and runs pytest on
 `--bncheck-model=bnmodels:<name>`. Runs are in-process (fast: torch is imported once) unless a test says why
 not; in-process runs get the very model objects a test imported, which is how "unchanged" is proven.
 """
@@ -11,6 +11,7 @@ import re
 
 import pytest
 import torch
+from plugin_runs import assert_usage_error, collected_ids, expected_ids, outcomes_by_id, selected_ids
 
 import bncheck.run.plan  # noqa: F401  (imported once here: in-process runs then reuse it instead of re-importing)
 from bncheck.checks import LAYER_CHECKS
@@ -20,50 +21,11 @@ from bncheck.core.state import Snapshot
 
 HAS_CUDA = torch.cuda.is_available()
 AUTO_DEVICE = "cuda" if HAS_CUDA else "cpu"
-USAGE_ERROR = pytest.ExitCode.USAGE_ERROR
 
 
 def load_models():
     """The `bnmodels` module object that in-process runs will load models from (same objects)."""
     return importlib.import_module("bnmodels")
-
-
-def expected_ids(spec: str, layers: list[str]) -> list[str]:
-    ids = [f"bncheck[{spec}]::{check}[{layer}]" for layer in layers for check in LAYER_CHECKS]
-    ids += [f"bncheck[{spec}]::model_{check}" for check in MODEL_CHECKS]
-    return ids + [f"bncheck[{spec}]::lint_{lint}" for lint in LINTS]
-
-
-def outcomes_by_id(result) -> dict[str, str]:
-    """nodeid -> outcome of its call phase (or of the phase that failed or skipped), from an in-process run."""
-    out = {}
-    for rep in result.reprec.getreports("pytest_runtest_logreport"):
-        if rep.when == "call" or not rep.passed:
-            out[rep.nodeid] = rep.outcome
-    return out
-
-
-def selected_ids(result) -> list[str]:
-    """Node ids of the items an in-process run selected (after -k, --lf, ...), in order."""
-    [call] = result.reprec.getcalls("pytest_collection_finish")
-    return [item.nodeid for item in call.session.items]
-
-
-def collected_ids(result) -> list[str]:
-    """Node ids printed by `--collect-only -q`."""
-    return [line for line in result.outlines if "::" in line and not line.startswith(("=", " "))]
-
-
-def assert_usage_error(result, *fragments: str) -> None:
-    """Exit code 4, one stderr line `ERROR: ...` holding every fragment, and no traceback anywhere."""
-    assert result.ret == USAGE_ERROR, result.stdout.str() + result.stderr.str()
-    everything = result.stdout.str() + result.stderr.str()
-    assert "Traceback" not in everything
-    errors = [line for line in result.errlines if line.startswith("ERROR: ")]
-    assert len(errors) == 1, result.errlines
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    assert [line for line in result.errlines if line.strip()] == errors, "the error must fit on one line"
 
 
 # --- options, header, summary -------------------------------------------------------------------------------------
@@ -469,7 +431,7 @@ VGG = ["--bncheck-model=torchvision.models:vgg11_bn", "--bncheck-input-shape=3,3
 
 def test_vgg11_bn_bias_lint_warns_and_fails_under_strict(pytester, _lazy_torch_imports):
     """torchvision's vgg11_bn: each of its 8 conv layers has a bias feeding a BN (the whole run passes, checked in
-    tests/test_performance.py for resnet18; here only the lint items, which is where vgg11_bn differs)."""
+    tests/run/test_performance.py for resnet18; here only the lint items, which is where vgg11_bn differs)."""
     result = pytester.runpytest(*VGG, "-k", "lint_")
     assert set(outcomes_by_id(result).values()) == {"passed"} and result.ret == 0
     warned = [c.warning_message for c in result.reprec.getcalls("pytest_warning_recorded")

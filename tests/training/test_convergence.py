@@ -593,13 +593,13 @@ def test_plugin_data_root_trains_on_fashion_mnist(convmodels, how):
      ["--bncheck-data-root=convmodels.py: Fashion-MNIST not found"]),
 ])
 def test_plugin_bad_data_root_is_a_one_line_usage_error(convmodels, args, fragments):
-    from test_plugin import assert_usage_error
+    from plugin_runs import assert_usage_error
 
     assert_usage_error(convmodels.runpytest("--bncheck-model=convmodels:digits_cnn", *args), *fragments)
 
 
 def test_plugin_ini_data_root_is_relative_to_the_ini_file(convmodels):
-    from test_plugin import assert_usage_error
+    from plugin_runs import assert_usage_error
 
     convmodels.makepyprojecttoml('[tool.pytest.ini_options]\nbncheck_data_root = "nowhere"\n')
     assert_usage_error(convmodels.runpytest("--bncheck-model=convmodels:digits_cnn"),
@@ -618,7 +618,7 @@ def test_reference_quick_run_writes_the_table_and_the_plot(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-m", "reference", "cnn", "--quick", "--out", str(tmp_path)], cwd=root,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
