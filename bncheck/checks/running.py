@@ -6,6 +6,7 @@ from bncheck.core import oracle
 from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import unregistered_statistics
 from bncheck.core.harness import LayerCase, run
+from bncheck.core.state import Snapshot
 from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import tolerance
 
@@ -41,7 +42,8 @@ def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
     """After each of several train batches from a non-trivial start, running mean, running variance and
     num_batches_tracked equal the oracle's: running ← (1 − m)·running + m·batch (variance unbiased);
     with momentum=None, m = 1/num_batches_tracked. Checks the layer's momentum, None for torch's BN family, and 0
-    (statistics frozen while training) for any layer with a momentum."""
+    (statistics frozen while training) for any layer with a momentum; and with track_running_stats switched off
+    at run time, no update at all."""
     case = LayerCase(layer, name, x, seed)
     case.require_train_mode()
     case.require_running_stats()
@@ -64,6 +66,23 @@ def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
             if case.has_num_batches and int(twin.num_batches_tracked) != state.num_batches_tracked:
                 raise fail(where, f"num_batches_tracked is {int(twin.num_batches_tracked)}, expected "
                            f"{state.num_batches_tracked}", "num_batches_tracked must count train batches (+1 each)")
+    if isinstance(getattr(case.fresh(), "track_running_stats", None), bool):
+        _untracked_at_run_time(case)
+
+
+def _untracked_at_run_time(case: LayerCase) -> None:
+    """track_running_stats switched off on a layer that has the buffers (torch's own test of it): a train forward
+    leaves the statistics and num_batches_tracked as they were."""
+    twin = case.fresh()
+    twin.track_running_stats = False
+    before = Snapshot.of(twin)
+    probe = case.inputs[0]
+    run(twin, probe.x, train=True)
+    changed = before.differences(twin)
+    if changed:
+        raise fail(case.where(probe, "track_running_stats set to False on a layer with buffers", "train mode"),
+                   f"a train forward changed {'; '.join(changed)}",
+                   "the update tests whether the buffers exist, not self.track_running_stats")
 
 
 def assert_statistics_registered(layer, x, *, name: str = "", seed: int = 0) -> None:

@@ -4,12 +4,14 @@ correct layer, and no check changes the user's layer."""
 import warnings
 
 import pytest
+import torch
 from planted.correct import CORRECT_LAYERS
 from planted.layers import (
     CHANNELS,
     MUTANTS,
     CrashesOnSecondCall,
     DuckBN,
+    EpsOutsideSqrt,
     ScratchBN,
     UpdatesInEval,
     build,
@@ -20,7 +22,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
 from bncheck import LAYER_CHECKS, BNCheckError, BNCheckSkip, BNCheckWarning
+from bncheck.core.compare import check_close
 from bncheck.core.state import Snapshot
+from bncheck.core.tolerances import Tolerance
 
 DIAGNOSED = [m for m in MUTANTS if hasattr(m, "diagnosis")]
 
@@ -150,3 +154,22 @@ def test_corpus_has_every_kind_of_layer():
     for kind in (ScratchBN, nn.BatchNorm2d, DuckBN):
         assert any(issubclass(m, kind) for m in MUTANTS), kind.__name__
     assert not issubclass(DuckBN, (ScratchBN, _BatchNorm))
+
+
+def test_a_gradient_that_follows_from_a_wrong_forward_says_so():
+    """eps outside the sqrt makes the backward fail too: the message sends the user to the forward."""
+    layer, x = build(EpsOutsideSqrt)
+    with pytest.raises(BNCheckError) as info:
+        LAYER_CHECKS["backward"](layer, x, name="eps_outside")
+    assert info.value.cause.startswith("the forward output is already wrong in train mode (the batch_stats check")
+    assert "a broken backward" not in str(info.value)
+
+
+def test_a_failure_prints_the_digits_that_differ_and_the_difference():
+    expected, got = torch.tensor([-3.14342]), torch.tensor([-3.14341])
+    with pytest.raises(BNCheckError) as info:
+        check_close(got, expected, where="w", quantity="q", tol=Tolerance(rtol=0, atol=1e-7), cause="c")
+    message = str(info.value)
+    shown = message.split("expected ", 1)[1].split(",")[:2]
+    assert shown[0] != shown[1].removeprefix(" got "), message
+    assert "(off by 1e-05, 3.2e-06 relative)" in message

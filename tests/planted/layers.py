@@ -547,6 +547,14 @@ class AbsGamma(ScratchBN):
         return x_hat * per_channel(self.weight.abs(), x_hat) + per_channel(self.bias, x_hat)
 
 
+class UpdatesUntracked(ScratchBN):
+    """Updates whenever it has buffers, ignoring track_running_stats switched off at run time."""
+    caught_by, rank, diagnosis = "running_stats", 3, "not self.track_running_stats"
+
+    def updates_running(self) -> bool:
+        return self.training and self.running_mean is not None
+
+
 class ComputesInFloat32(ScratchBN):
     """Computes in float32 whatever the input's dtype: float64 input gets float32 precision (a warning)."""
     caught_by, rank, diagnosis, warns = "backward", 4, "below its input's precision", True
@@ -563,7 +571,7 @@ MUTANTS: list[type[nn.Module]] = [
     DetachedStats, WrongDgammaFunction, WrongDxFunction, GammaDetached,
     HalfOutputUpcast, RunningStatsInInputDtype, ChannelsLastIgnored, StridesIgnored, ViewNotReshape,
     StatisticsNotBuffers, EmptyBatchNaN, EmptyBatchRaises, ChannelsBroadcast, FunctionalDefaultEps,
-    BatchStatsOnlyWithGrad, MomentumZeroIsNone, AbsGamma, ComputesInFloat32,
+    BatchStatsOnlyWithGrad, MomentumZeroIsNone, AbsGamma, ComputesInFloat32, UpdatesUntracked,
 ]
 
 
