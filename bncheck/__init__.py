@@ -23,8 +23,13 @@ _EXPORTS = {
     **dict.fromkeys(["MODEL_CHECKS", "assert_bn_ops_follow_mode", "assert_fusion_matches",
                      "assert_state_dict_roundtrip", "assert_train_differs_from_eval"], "checks.model"),
     "assert_model_running_stats": "checks.model_statistics",
+    "assert_compile_matches": "checks.compiled",  # BN beyond eager mode: torch.compile, torch.export
+    "assert_export_matches": "checks.exported",
     **dict.fromkeys(["find_frozen_affine_training", "find_keras_momentum", "find_redundant_bias", "lint"],
                     "checks.lints"),
+    # guards around the user's own training step and evaluation
+    **dict.fromkeys(["assert_bn_frozen", "assert_eval_is_pure", "assert_stats_updated"], "checks.guards"),
+    **dict.fromkeys(["Watch", "watch"], "checks.watch"),
     **dict.fromkeys(["find_batchnorms", "is_batchnorm", "kind_of"], "core.discover"),
     "capture": "core.capture",
     # errors
@@ -38,6 +43,7 @@ _EXPORTS = {
     **dict.fromkeys(["combinations", "sweep"], "training.sweep"),
     **dict.fromkeys(["Data", "digits", "fashion_mnist", "for_input_shape", "mnist5k"], "training.data"),
     **dict.fromkeys(["assert_population_stats", "population_drift", "population_stats"], "training.population"),
+    "recalibrate": "training.recalibrate",
     "assert_syncbn_matches": "syncbn",
 }
 
@@ -79,7 +85,10 @@ if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each
         assert_standardization,
         assert_statistics_registered,
     )
+    from .checks.compiled import assert_compile_matches
     from .checks.eval import assert_eval_no_state_change
+    from .checks.exported import assert_export_matches
+    from .checks.guards import assert_bn_frozen, assert_eval_is_pure, assert_stats_updated
     from .checks.lints import find_frozen_affine_training, find_keras_momentum, find_redundant_bias, lint
     from .checks.model import (
         MODEL_CHECKS,
@@ -89,6 +98,7 @@ if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each
         assert_train_differs_from_eval,
     )
     from .checks.model_statistics import assert_model_running_stats
+    from .checks.watch import Watch, watch
     from .core.capture import capture
     from .core.discover import find_batchnorms, is_batchnorm, kind_of
     from .core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning
@@ -106,4 +116,5 @@ if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each
     from .training.data import Data, digits, fashion_mnist, for_input_shape, mnist5k
     from .training.fit import Training, fit, train
     from .training.population import assert_population_stats, population_drift, population_stats
+    from .training.recalibrate import recalibrate
     from .training.sweep import combinations, sweep

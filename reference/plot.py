@@ -1,4 +1,5 @@
-"""The curves of runs.csv and the learning-rate sweep as one PNG (matplotlib, Agg backend: no display needed)."""
+"""The curves of runs.csv and the learning-rate sweep as one PNG (`plot`), and the README's headline figure of the seed
+CNN vs its no-BN twin (`headline`); matplotlib, Agg backend: no display needed."""
 
 from __future__ import annotations
 
@@ -117,3 +118,55 @@ def _stability_panel(ax, stability: list[dict]) -> None:
     ax.set_xlabel("median steps ratio (model / twin)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
+
+
+# Training images per epoch of each data set (bncheck.data's stratified splits, reference/README.md): an epoch of
+# batch B is len // B optimizer steps (reference.runs.epoch_rows).
+TRAIN_SIZES = {"MNIST-5k": 4000, "digits 28x28": 1438, "digits": 1438}
+HEADLINE = {"experiment": "seed", "data": "MNIST-5k", "batch_size": 1000}  # the tutorial's setting
+HEADLINE_TARGET = 0.95
+
+
+def first_step(steps: list[int], accuracy: list[float], target: float) -> int | None:
+    """The first step whose accuracy is at least `target`; None if none is."""
+    return next((s for s, a in zip(steps, accuracy) if a >= target), None)
+
+
+def headline(rows: list[dict], path: Path) -> None:
+    """The README's figure: the seed CNN vs its no-BN twin in the tutorial's setting (HEADLINE), held-out test
+    accuracy against optimizer steps, mean over seeds with the min-max band, and the step where each mean first
+    reaches HEADLINE_TARGET. Raises ValueError when runs.csv holds no such runs."""
+    chosen = [r for r in rows if all(r[k] == v for k, v in HEADLINE.items())]
+    if not chosen:
+        raise ValueError(f"no runs of {HEADLINE} in runs.csv: run `python -m reference seed` first")
+    per_epoch = TRAIN_SIZES[HEADLINE["data"]] // HEADLINE["batch_size"]
+    seeds = len({r["seed"] for r in chosen})
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    colours = {"BN": "tab:blue", "no BN": "tab:gray"}
+    marks = []
+    for setting, (epochs, mean, lo, hi) in sorted(curves(chosen, metric="test_accuracy").items()):
+        steps = [e * per_epoch for e in epochs]
+        label = "with BN (as published)" if setting == "BN" else "no-BN twin (BN layers removed)"
+        ax.plot(steps, mean, color=colours[setting], lw=2, label=label)
+        ax.fill_between(steps, lo, hi, color=colours[setting], alpha=0.15, lw=0)
+        reached = first_step(steps, mean, HEADLINE_TARGET)
+        if reached is not None:
+            ax.axvline(reached, color=colours[setting], ls=":", lw=1)
+            marks.append(f"{setting}: step {reached}")
+    final = {s: m[-1] for s, (_, m, _, _) in curves(chosen, metric="test_accuracy").items()}
+    ax.text(0.97, 0.3, f"at step {max(r['epoch'] for r in chosen) * per_epoch}: BN {final.get('BN', 0):.1%}, "
+            f"no BN {final.get('no BN', 0):.1%}\nBN buys speed early, not final accuracy", transform=ax.transAxes,
+            ha="right", fontsize=8, color="dimgray")
+    ax.axhline(HEADLINE_TARGET, color="black", ls="--", lw=0.8)
+    ax.text(ax.get_xlim()[1], HEADLINE_TARGET, f"{HEADLINE_TARGET:.0%}  ", ha="right", va="bottom", fontsize=8)
+    ax.set_ylim(0.5, 1.0)
+    ax.set_xlabel(f"optimizer steps (Adam lr 0.01, batch {HEADLINE['batch_size']}: {per_epoch} steps per epoch)")
+    ax.set_ylabel("test accuracy (held-out, eval mode)")
+    ax.set_title(f"The seed CNN learns faster with BatchNorm than without\nMNIST-5k, mean of {seeds} seeds "
+                 f"(band: min-max); first at {HEADLINE_TARGET:.0%}: {', '.join(marks) or 'neither'}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -43,6 +43,7 @@ class BenchCase:
     min_run_time: float = 0.2
     warmup: int = 10
     cudnn_benchmark: bool | None = True  # None: leave torch.backends.cudnn.benchmark as it is
+    threads: int | None = None  # torch's CPU threads while timing; None: the caller's count
 
     @property
     def layer(self) -> str | None:
@@ -54,12 +55,17 @@ class BenchCase:
         return {"target": self.target, "mode": self.mode, "dtype": dtype_name(self.dtype),
                 "memory_format": self.memory_format, "device": str(self.device), "shape": list(self.shape),
                 "samples": self.samples, "min_bytes": self.min_bytes, "cudnn_benchmark": cudnn_flag(self),
-                "num_threads": torch.get_num_threads(), "torch": torch.__version__}
+                "num_threads": case_threads(self), "torch": torch.__version__}
 
 
 def cudnn_flag(case: BenchCase) -> bool:
     """The torch.backends.cudnn.benchmark value the case runs with."""
     return torch.backends.cudnn.benchmark if case.cudnn_benchmark is None else case.cudnn_benchmark
+
+
+def case_threads(case: BenchCase) -> int:
+    """The number of torch CPU threads the case is timed on."""
+    return torch.get_num_threads() if case.threads is None else case.threads
 
 
 def case_name(mode: str, target: str, dtype: torch.dtype, memory_format: str) -> str:
@@ -80,6 +86,7 @@ class _Plan:
     min_run_time: float
     warmup: int
     cudnn_benchmark: bool | None
+    threads: int | None
 
     def case(self, target: str, mode: str, fmt_name: str, setup: Callable[[], Callable[[], object]],
              **figures) -> BenchCase:
@@ -87,11 +94,11 @@ class _Plan:
         return BenchCase(case_name(mode, target, self.dtype, fmt_name), target, mode, setup, memory_format=fmt_name,
                          synchronize=self.synchronize, device=self.device, dtype=self.dtype, roofline=self.roofline,
                          min_run_time=self.min_run_time, warmup=self.warmup, cudnn_benchmark=self.cudnn_benchmark,
-                         **figures)
+                         threads=self.threads, **figures)
 
 
 def _plan(example_input, device, dtype, memory_formats, modes, *, quick: bool, min_run_time, warmup,
-          cudnn_benchmark, roofline, copy_nbytes) -> _Plan:
+          cudnn_benchmark, threads, roofline, copy_nbytes) -> _Plan:
     """benchmark_cases' settings checked and completed (quick: CI defaults); raises BNCheckUsageError on a bad one."""
     device = torch.device(device) if device is not None else first_tensor(example_input).device
     if isinstance(dtype, str):
@@ -103,9 +110,9 @@ def _plan(example_input, device, dtype, memory_formats, modes, *, quick: bool, m
     warmup = DEFAULT_WARMUP[quick] if warmup is None else warmup
     if roofline is None:
         nbytes = copy_nbytes or default_copy_bytes(device, quick)
-        roofline = Roofline(device, dtype, nbytes, min_run_time=max(min_run_time, 0.05))
+        roofline = Roofline(device, dtype, nbytes, min_run_time=max(min_run_time, 0.05), threads=threads)
     return _Plan(device, dtype, modes, formats, synchronizer(device), roofline, min_run_time, warmup,
-                 cudnn_benchmark)
+                 cudnn_benchmark, threads)
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,8 +189,8 @@ def benchmark_cases(model: nn.Module, example_input, *, device: torch.device | s
                     dtype: torch.dtype = torch.float32, memory_formats: Iterable[str] | None = None,
                     modes: Iterable[str] | None = MODES, layers: Iterable[str] | None = None, quick: bool = False,
                     min_run_time: float | None = None, warmup: int | None = None, cudnn_benchmark: bool | None = True,
-                    inputs: dict[str, torch.Tensor] | None = None, roofline: Roofline | None = None,
-                    copy_nbytes: int | None = None) -> list[BenchCase]:
+                    threads: int | None = None, inputs: dict[str, torch.Tensor] | None = None,
+                    roofline: Roofline | None = None, copy_nbytes: int | None = None) -> list[BenchCase]:
     """Every benchmark of `model` on `example_input` (a tensor or tuple; its shape is fixed): for the model and
     each BN layer (`layers`: None = all, or the names to keep; the model itself is target "model"), for each mode
     (None: all) and each memory format (default: contiguous, and channels_last for 4-D/5-D inputs).
@@ -191,10 +198,12 @@ def benchmark_cases(model: nn.Module, example_input, *, device: torch.device | s
     The user's model is only read: each case clones it (or the layer) when it is set up. A layer's input is its
     real input in one forward pass of a copy (`bncheck.capture`; pass `inputs` to reuse a capture), kept on the
     CPU until a case moves it to `device`. quick: short measurements and warm-up, and a smaller roofline copy,
-    for CI.
+    for CI. threads: torch's CPU threads while each case (and the copy roofline) is timed, restored after;
+    None: the caller's count.
     """
     plan = _plan(example_input, device, dtype, memory_formats, modes, quick=quick, min_run_time=min_run_time,
-                 warmup=warmup, cudnn_benchmark=cudnn_benchmark, roofline=roofline, copy_nbytes=copy_nbytes)
+                 warmup=warmup, cudnn_benchmark=cudnn_benchmark, threads=threads, roofline=roofline,
+                 copy_nbytes=copy_nbytes)
     return [case for target in _targets(model, example_input, layers, inputs)
             for case in _target_cases(target, plan)]
 

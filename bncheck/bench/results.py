@@ -3,9 +3,10 @@ and for a BN layer bytes/s and that as a fraction of the copy roofline measured 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bncheck.bench.cases import BenchCase
+from bncheck.bench.cases import BenchCase, case_threads
 from bncheck.bench.timing import prepared, timer
 from bncheck.core.errors import BNCheckSkip
 
@@ -78,6 +79,49 @@ def measure(case: BenchCase, *, min_run_time: float | None = None) -> Result:
         return Result(case, None, skipped=str(exc))
     return Result.of(case, m.median, iqr_s=m.iqr, copy_bytes_per_s=copy, number_per_run=m.number_per_run,
                      runs=len(m.raw_times))
+
+
+# Timings whose interquartile range exceeds this fraction of their median came from a busy machine: the threshold at
+# which torch.utils.benchmark's own Measurement.has_warnings flags "system fluctuation".
+NOISY_SPREAD = 0.1
+
+
+def spread(result: Result) -> float | None:
+    """The result's IQR / median (None: skipped, or no IQR)."""
+    if result.time_s is None or result.iqr_s is None or not result.time_s > 0:
+        return None
+    return result.iqr_s / result.time_s
+
+
+def noisy(results: Iterable[Result], threshold: float = NOISY_SPREAD) -> list[Result]:
+    """The results whose spread (IQR / median) is at least `threshold`, in order."""
+    return [r for r in results if (s := spread(r)) is not None and s >= threshold]
+
+
+class NoisyTimingWarning(UserWarning):
+    """A benchmark's timings spread too widely to be trusted (the machine was busy)."""
+
+
+def busy_machine(threads_flag: str | None = None, threshold: float = NOISY_SPREAD) -> str:
+    """The noise warning without its cases; it advises `threads_flag` (the front end's flag) when given."""
+    fewer = f" or with {threads_flag}=1" if threads_flag else ""
+    return (f"timings spread: IQR >= {threshold:.0%} of the median, the machine was likely busy; rerun on an idle "
+            f"machine{fewer}")
+
+
+def threads_advice(busy: Iterable[Result], threads_flag: str) -> str | None:
+    """`threads_flag` when some of the noisy results ran on more than one thread, else None (nothing to advise)."""
+    return threads_flag if any(case_threads(r.case) > 1 for r in busy) else None
+
+
+def noise_warning(results: Iterable[Result], *, threads_flag: str = "--threads",
+                  threshold: float = NOISY_SPREAD) -> str | None:
+    """One line naming the noisy results with their spread, or None when every timing is steady."""
+    busy = noisy(results, threshold)
+    if not busy:
+        return None
+    cases = ", ".join(f"{r.name} ({spread(r):.0%})" for r in busy)
+    return f"{busy_machine(threads_advice(busy, threads_flag), threshold)}: {cases}"
 
 
 def fmt_time(s: float | None) -> str:

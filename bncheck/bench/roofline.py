@@ -13,6 +13,7 @@ from bncheck.bench.timing import synchronizer, timer
 from bncheck.bench.workloads import MODES
 from bncheck.core.discover import is_frozen
 from bncheck.core.errors import BNCheckUsageError
+from bncheck.core.threads import num_threads
 
 # By (cpu|gpu, quick): larger than any cache of the machines here; quick (CI) copies less.
 DEFAULT_COPY_BYTES = {("cpu", False): 64 << 20, ("cpu", True): 32 << 20,
@@ -45,18 +46,21 @@ def copy_bandwidth(device: torch.device | str = "cpu", dtype: torch.dtype = torc
 
 @dataclass
 class Roofline:
-    """The copy bandwidth of one (device, dtype), measured once on first use and shared by the cases of a run."""
+    """The copy bandwidth of one (device, dtype), measured once on first use (on `threads` CPU threads, None: the
+    caller's count, as the cases it is shared by) and shared by the cases of a run."""
 
     device: torch.device
     dtype: torch.dtype
     nbytes: int
     min_run_time: float = 0.2
     value: float | None = None
+    threads: int | None = None
 
     @property
     def bytes_per_s(self) -> float:
         if self.value is None:
-            self.value = copy_bandwidth(self.device, self.dtype, self.nbytes, min_run_time=self.min_run_time)
+            with num_threads(self.threads):
+                self.value = copy_bandwidth(self.device, self.dtype, self.nbytes, min_run_time=self.min_run_time)
         return self.value
 
 

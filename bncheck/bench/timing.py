@@ -12,6 +12,7 @@ import torch
 
 from bncheck.core.errors import BNCheckUsageError
 from bncheck.core.state import private_rng
+from bncheck.core.threads import num_threads
 
 if TYPE_CHECKING:
     from bncheck.bench.cases import BenchCase
@@ -60,10 +61,11 @@ def timer(fn: Callable[[], object], synchronize: Callable[[], None], label: str 
 @contextlib.contextmanager
 def environment(case: BenchCase):
     """The settings a measurement runs under, restored afterwards whatever happens: cudnn.benchmark (the case's
-    value, or left as is when None) and the RNG state of the CPU and the case's CUDA device."""
+    value, or left as is when None), torch's CPU thread count (case.threads, None: as is) and the RNG state of the
+    CPU and the case's CUDA device."""
     saved = torch.backends.cudnn.benchmark
     try:
-        with private_rng(device=case.device):
+        with private_rng(device=case.device), num_threads(case.threads):
             if case.cudnn_benchmark is not None:
                 torch.backends.cudnn.benchmark = case.cudnn_benchmark
             yield

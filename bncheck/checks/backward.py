@@ -4,7 +4,7 @@ import torch
 
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, matches
-from bncheck.core.errors import BNCheckError
+from bncheck.core.errors import BNCheckError, assertion_helper
 from bncheck.core.harness import LayerCase, params, run
 from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import tolerance
@@ -29,6 +29,7 @@ def _grad(p):
 _CAUSE = "a broken backward: a detached statistic, a custom autograd.Function, or in-place edits"
 
 
+@assertion_helper
 @single_threaded
 def assert_backward(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Gradients of the output w.r.t. x, γ and β equal the oracle's, in train mode and (when tracking) eval mode."""

@@ -8,7 +8,7 @@ from bncheck.checks.eval import assert_eval_output
 from bncheck.checks.running import assert_running_stats
 from bncheck.checks.train import assert_batch_stats
 from bncheck.core.compare import check_close, fail
-from bncheck.core.errors import BNCheckError, BNCheckSkip, one_line
+from bncheck.core.errors import BNCheckError, BNCheckSkip, assertion_helper, one_line
 from bncheck.core.harness import LayerCase, params, run
 from bncheck.core.state import clone
 from bncheck.core.threads import single_threaded
@@ -31,6 +31,7 @@ def _statistics(layer) -> dict[str, torch.Tensor]:
             if isinstance(getattr(layer, key, None), torch.Tensor)}
 
 
+@assertion_helper
 @single_threaded
 def assert_empty_batch(layer, x, *, name: str = "", seed: int = 0) -> None:
     """A batch of N = 0 gives an empty output of the input's shape in train and eval mode, and leaves the running
@@ -59,6 +60,7 @@ def assert_empty_batch(layer, x, *, name: str = "", seed: int = 0) -> None:
                            "batch is empty, as torch does")
 
 
+@assertion_helper
 @single_threaded
 def assert_channel_mismatch_raises(layer, x, *, name: str = "", seed: int = 0) -> None:
     """An input whose channel count differs from the layer's (C + 1 channels; 1 channel too, except for a frozen BN,
@@ -82,6 +84,7 @@ def assert_channel_mismatch_raises(layer, x, *, name: str = "", seed: int = 0) -
                        "(torch raises 'running_mean should contain ... elements')")
 
 
+@assertion_helper
 def assert_large_eps(layer, x, *, name: str = "", seed: int = 0) -> None:
     """With eps = LARGE_EPS set on (a copy of) the layer, the train output, the running statistics and the eval
     output still follow the contract: the layer reads its eps, and only inside the sqrt. Skips where the layer
@@ -118,6 +121,7 @@ def _in_grad_mode(twin, x: torch.Tensor, train: bool, mode=None) -> list[tuple[s
     return [("output", y.detach().clone())] + [(key, value) for key, value in _statistics(twin).items()]
 
 
+@assertion_helper
 @single_threaded
 def assert_grad_modes(layer, x, *, name: str = "", seed: int = 0) -> None:
     """The autograd mode changes nothing: under torch.no_grad() and torch.inference_mode() the output and the

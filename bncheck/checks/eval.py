@@ -11,7 +11,7 @@ from bncheck.core import oracle
 from bncheck.core.capture import forward
 from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import find_batchnorms
-from bncheck.core.errors import BNCheckSkip, BNCheckUsageError, one_line
+from bncheck.core.errors import BNCheckSkip, BNCheckUsageError, assertion_helper, one_line
 from bncheck.core.harness import LayerCase, params, run
 from bncheck.core.reference import torch_output
 from bncheck.core.state import Snapshot, clone, materialized
@@ -24,6 +24,7 @@ def _modes(case: LayerCase) -> list[bool]:
     return [False, True] if case.frozen else [False]
 
 
+@assertion_helper
 @single_threaded
 def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Eval output is (x − running_mean)/sqrt(running_var + eps)·γ + β; batch stats when not tracking."""
@@ -46,6 +47,7 @@ def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
                         cause="eval mode does not normalize with the running statistics and the layer's eps")
 
 
+@assertion_helper
 def assert_eval_state_unchanged(module: nn.Module, x, *, name: str = "", seed: int = 0) -> None:
     """A forward in eval mode changes no buffer or parameter: of a BN layer (on x and the probes; a frozen BN in
     train mode too), or of a whole model (on x, Lazy parameters materialized first)."""
@@ -129,6 +131,7 @@ def _in_float64(model: nn.Module, x, like: list[list[torch.Tensor]]) -> list[lis
     return outs if _shapes(outs) == _shapes(like) else None
 
 
+@assertion_helper
 def assert_eval_single_sample(model: nn.Module, x, *, name: str = "", seed: int = 0, samples: int = 4) -> None:
     """In eval mode one sample alone gives the same output as inside the batch (a layer or a whole model)."""
     # one thread for a layer's small tensors, torch's own count for a whole model's activations

@@ -8,13 +8,14 @@ import torch
 
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, deviation, fail
-from bncheck.core.errors import BNCheckSkip, BNCheckWarning, one_line
+from bncheck.core.errors import BNCheckSkip, BNCheckWarning, assertion_helper, one_line
 from bncheck.core.harness import LayerCase, params, run
 from bncheck.core.reference import torch_batch_norm, torch_output
 from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import LOW_PRECISION, dtype_name, runs_batch_norm, tolerance
 
 
+@assertion_helper
 @single_threaded
 def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISION) -> None:
     """float16/bfloat16 input gives values within that dtype's tolerance of the oracle (widened by what torch's own
@@ -59,6 +60,7 @@ def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISIO
             f"{dtype_name(got)} activations after this layer: cast the output back to the input dtype"), stacklevel=3)
 
 
+@assertion_helper
 @single_threaded
 def assert_memory_format(layer, x, *, name: str = "", seed: int = 0) -> None:
     """channels_last input gives the same output and running statistics as contiguous input."""
@@ -117,6 +119,7 @@ def _outcome(twin, x: torch.Tensor, dy: torch.Tensor, train: bool) -> list[tuple
     return out
 
 
+@assertion_helper
 @single_threaded
 def assert_non_contiguous(layer, x, *, name: str = "", seed: int = 0) -> None:
     """A non-contiguous input (transposed, sliced, expanded) gives the same output, running statistics and

@@ -16,7 +16,7 @@ from bncheck.checks.model_statistics import assert_model_running_stats
 from bncheck.core.capture import capture, forward
 from bncheck.core.compare import check_close, fail, matches
 from bncheck.core.discover import find_batchnorms, is_frozen
-from bncheck.core.errors import BNCheckSkip
+from bncheck.core.errors import BNCheckSkip, assertion_helper
 from bncheck.core.state import clone, materialized, without_extensions
 from bncheck.core.tolerances import FUSION, tolerance
 
@@ -45,6 +45,7 @@ def _trainable_bns(model):
     return {n: m for n, m in find_batchnorms(model).items() if not is_frozen(m)}
 
 
+@assertion_helper
 def assert_train_differs_from_eval(model: nn.Module, x, *, name: str = "") -> None:
     """Where BN layers train, train-mode and eval-mode outputs differ (batch vs running statistics)."""
     bns = _trainable_bns(model)
@@ -63,6 +64,7 @@ def assert_train_differs_from_eval(model: nn.Module, x, *, name: str = "") -> No
                    "switched: check overridden train()/eval() and functional batch_norm calls")
 
 
+@assertion_helper
 def assert_state_dict_roundtrip(model: nn.Module, x, *, name: str = "") -> None:
     """After a train step, state_dict() loaded into a fresh copy gives identical eval outputs (NaN where the
     trained model's is NaN); skips when the trained model's eval output is nowhere finite."""
@@ -109,6 +111,7 @@ class _BNModeWatch(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+@assertion_helper
 def assert_bn_ops_follow_mode(model: nn.Module, x, *, name: str = "") -> None:
     """In eval mode no batch_norm op runs with training=True on running statistics (the 'eval ignored' bug)."""
     twin = _twin(model, x).eval()
@@ -162,6 +165,7 @@ def _fused_pair(producer: nn.Module, bn: nn.Module, x: torch.Tensor):
         return fused, unfused, FUSION
 
 
+@assertion_helper
 def assert_fusion_matches(model: nn.Module, x, *, name: str = "") -> None:
     """Each conv/linear → BN pair, fused for inference (torch.nn.utils.fusion), gives the unfused eval output.
 

@@ -10,7 +10,7 @@ from bncheck.core import oracle
 from bncheck.core.capture import forward
 from bncheck.core.compare import check_close, fail, matches
 from bncheck.core.discover import find_batchnorms, is_frozen
-from bncheck.core.errors import BNCheckError, BNCheckSkip
+from bncheck.core.errors import BNCheckError, BNCheckSkip, assertion_helper
 from bncheck.core.harness import DEFAULT_EPS, DEFAULT_MOMENTUM
 from bncheck.core.reference import torch_batch_norm
 from bncheck.core.state import clone, materialized
@@ -63,6 +63,7 @@ def _calls(model: nn.Module, x, layers: dict[str, nn.Module]) -> dict[str, list[
     return calls
 
 
+@assertion_helper
 def assert_model_running_stats(model: nn.Module, x, *, name: str = "") -> None:
     """After one train-mode forward of the whole model, every BN layer's running statistics (and
     num_batches_tracked) are the oracle's updates from the inputs that layer received, in order, starting from its

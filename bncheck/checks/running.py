@@ -5,6 +5,7 @@ import torch
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import unregistered_statistics
+from bncheck.core.errors import assertion_helper
 from bncheck.core.harness import LayerCase, run
 from bncheck.core.state import Snapshot
 from bncheck.core.threads import single_threaded
@@ -37,6 +38,7 @@ def _bug_variants(state: oracle.RunningStats, x, momentum, eps):
     return variants
 
 
+@assertion_helper
 @single_threaded
 def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
     """After each of several train batches from a non-trivial start, running mean, running variance and
@@ -73,7 +75,7 @@ def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
 def _untracked_at_run_time(case: LayerCase) -> None:
     """track_running_stats switched off on a layer that has the buffers (torch's own test of it): a train forward
     leaves the statistics and num_batches_tracked as they were."""
-    twin = case.fresh()
+    twin = case.fresh().train()
     twin.track_running_stats = False
     before = Snapshot.of(twin)
     probe = case.inputs[0]
@@ -85,6 +87,7 @@ def _untracked_at_run_time(case: LayerCase) -> None:
                    "the update tests whether the buffers exist, not self.track_running_stats")
 
 
+@assertion_helper
 def assert_statistics_registered(layer, x, *, name: str = "", seed: int = 0) -> None:
     """running_mean and running_var are registered buffers (or registered None), not plain tensor attributes."""
     plain = unregistered_statistics(layer)

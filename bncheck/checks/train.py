@@ -6,12 +6,14 @@ import torch
 
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, fail
+from bncheck.core.errors import assertion_helper
 from bncheck.core.harness import LayerCase, params, run
 from bncheck.core.reference import torch_output
 from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import tolerance
 
 
+@assertion_helper
 @single_threaded
 def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
     """With γ=1, β=0 in train mode, each channel's output has mean 0 and std sqrt(var/(var+eps)) ≈ 1."""
@@ -40,6 +42,7 @@ def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
                     cause=cause + ", or does not divide by sqrt(var + eps)")
 
 
+@assertion_helper
 @single_threaded
 def assert_batch_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Train-mode output equals the oracle: (x − mean)/sqrt(var_biased + eps)·γ + β with the layer's own eps."""
@@ -110,6 +113,7 @@ def _affine(x_hat, weight, bias, x, swapped=False):
     return x_hat * (1.0 if w is None else w) + (0.0 if b is None else b)
 
 
+@assertion_helper
 @single_threaded
 def assert_single_value_raises(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Train mode with one value per channel (n = 1) raises instead of returning garbage."""

@@ -1,5 +1,6 @@
 """The exceptions and warning category every bncheck check speaks in."""
 
+import functools
 import unittest
 
 
@@ -42,14 +43,35 @@ class BNCheckUsageError(ValueError):
         self.reason, self.field, self.value = message, field, value
 
     def flagged(self, flag: str) -> str:
-        """'{flag}={value}: {reason}' for a bad setting, the plain message otherwise."""
-        return f"{flag}={self.value}: {self.reason}" if self.field else self.reason
+        """'{flag}={value}: {reason}' for a bad setting ('{flag}: {reason}' for a switch), the plain message
+        otherwise."""
+        if not self.field:
+            return self.reason
+        return f"{flag}: {self.reason}" if self.value is True else f"{flag}={self.value}: {self.reason}"
 
     def __str__(self) -> str:
         return self.flagged(self.field) if self.field else self.reason
+
+
+for _public in (BNCheckError, BNCheckSkip, BNCheckWarning, BNCheckUsageError):
+    _public.__module__ = "bncheck"  # how tracebacks and reprs name them: where users import them from
 
 
 def one_line(exc: BaseException) -> str:
     """`Type: first line of the message`, for errors that must fit on one line."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def assertion_helper(check):
+    """`check`, raising its BNCheckError, BNCheckSkip or (strict) BNCheckWarning from its own frame, which pytest
+    hides (`__tracebackhide__`): a failing test shows the user's line and bncheck's message, not bncheck's
+    internals."""
+    @functools.wraps(check)
+    def helper(*args, **kwargs):
+        __tracebackhide__ = True
+        try:
+            return check(*args, **kwargs)
+        except (BNCheckError, BNCheckSkip, BNCheckWarning) as exc:
+            raise exc.with_traceback(None)  # noqa: B904 - the same exception, without bncheck's frames
+    return helper

@@ -1,9 +1,25 @@
-"""How many CPU threads torch uses while bncheck works: one, restored afterwards."""
+"""How many CPU threads torch uses while bncheck works: one (the checks) or the count asked for (the benchmarks),
+the caller's count restored afterwards."""
 
 import contextlib
 import functools
 
 import torch
+
+
+@contextlib.contextmanager
+def num_threads(count: int | None):
+    """torch's intra-op CPU threads set to `count` inside the block (None: left as they are), the caller's count
+    restored after."""
+    saved = torch.get_num_threads()
+    changed = count is not None and count != saved
+    if changed:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_num_threads(saved)
 
 
 @contextlib.contextmanager

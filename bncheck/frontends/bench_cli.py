@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from bncheck.bench.cases import benchmark_cases, cudnn_flag, layer_inputs
-from bncheck.bench.results import Result, fmt_time, measure
+from bncheck.bench.cases import benchmark_cases, case_threads, cudnn_flag, layer_inputs
+from bncheck.bench.results import Result, fmt_time, measure, noise_warning
 from bncheck.core.errors import BNCheckUsageError
 from bncheck.core.tolerances import dtype_name
 from bncheck.run.options import BENCH_OPTIONS, DEFAULT_BATCH_SIZE, OPTIONS, Option
@@ -29,19 +29,22 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def device_label(device: torch.device) -> str:
+def device_label(device: torch.device, threads: int | None = None) -> str:
+    """The device in words; on the CPU with the machine and torch's thread count (`threads`, None: the current)."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} ({platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads() if threads is None else threads
+    return f"{device} ({platform.machine()}, {threads} thread{'s' if threads != 1 else ''})"
 
 
 def header(spec: str, results: Sequence[Result]) -> list[str]:
-    """The lines that state the conditions: device, torch, cudnn.benchmark, shapes, and each copy roofline."""
+    """The lines that state the conditions: device and CPU threads, torch, cudnn.benchmark, shapes, and each copy
+    roofline."""
     if not results:
         return [f"bncheck bench: {spec}: nothing to run"]
     case = results[0].case
     flag = cudnn_flag(case)
-    lines = [f"bncheck bench: {spec} on {device_label(case.device)}, torch {torch.__version__}, "
+    lines = [f"bncheck bench: {spec} on {device_label(case.device, case_threads(case))}, torch {torch.__version__}, "
              f"cudnn.benchmark={flag}{' (no effect on cpu)' if case.device.type == 'cpu' else ''}, "
              f"input {tuple(case.shape)}, median of blocked_autorange (min_run_time {case.min_run_time:g} s)"]
     seen = set()
@@ -89,8 +92,8 @@ def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str |
               progress: Callable[[Result], None] | None = None, **knobs) -> list[Result]:
     """Load SPEC ('module.path:attr', as the plugin) or take a model, build the input (`input_shape` is one
     sample's shape; else the spec's example input), and measure every case for each dtype. `knobs`: the
-    BENCH_OPTIONS by name (modes, memory_format, layers, min_run_time, warmup, quick, no_cudnn_benchmark), as text
-    or values. `progress` is called with each Result as it comes."""
+    BENCH_OPTIONS by name (modes, memory_format, layers, min_run_time, warmup, quick, no_cudnn_benchmark, threads),
+    as text or values. `progress` is called with each Result as it comes."""
     from bncheck.core import spec as spec_mod
 
     unknown = sorted(set(knobs) - {option.name for option in BENCH_OPTIONS})
@@ -103,8 +106,10 @@ def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str |
         spec, model, example = type(spec_or_model).__name__, spec_or_model, getattr(spec_or_model, "example_input",
                                                                                      None)
     else:
-        loaded = spec_mod.load(spec_or_model, option=None)
+        loaded = spec_mod.load(spec_or_model, option=None, seed=seed)
         spec, model, example = loaded.spec, loaded.model, loaded.example_input
+        if example is None and input_shape is None:
+            input_shape = loaded.input_shape  # the shape torchvision or timm states for a model named by them
     if isinstance(input_shape, str):
         input_shape = OPTIONS_BY_NAME["input_shape"].parse(input_shape)
     if input_shape is not None:
@@ -115,7 +120,7 @@ def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str |
     dev = OPTIONS_BY_NAME["device"].parse(device) if isinstance(device, str) else torch.device(device)
     if isinstance(dtypes, str):
         dtypes = [d for d in dtypes.replace(" ", "").split(",") if d]
-    dtype_list = [OPTIONS_BY_NAME["dtype"].parse(d) if isinstance(d, str) else d for d in dtypes]
+    dtype_list = [spec_mod.parse_dtype(d) if isinstance(d, str) else d for d in dtypes]
     example = tuple(t.to(dev) for t in example) if isinstance(example, tuple) else example.to(dev)
     inputs = layer_inputs(model, example)  # one capture (on a copy) serves every dtype
     results = []
@@ -145,6 +150,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         _add_option(p, option)
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("--json", metavar="PATH", help="also write every case and figure to PATH")
+    p.add_argument("--plot", metavar="FILE", help="also draw each BN layer's bandwidth as a fraction of the copy "
+                                                  "roofline to FILE (PNG; needs matplotlib)")
     return p
 
 
@@ -162,14 +169,27 @@ def cli(args: argparse.Namespace) -> int:
     def progress(result: Result):  # rows as they come on stderr; the table on stdout at the end
         print(format_table([result]).splitlines()[-1], file=sys.stderr, flush=True)
 
+    if args.plot:  # before minutes of timing, not after
+        from bncheck.frontends.bench_plot import require_matplotlib
+
+        require_matplotlib()
     print(f"bncheck bench: {args.spec} ...", file=sys.stderr, flush=True)
     shared = {name: getattr(args, name) for name in SHARED if getattr(args, name) is not None}
     knobs = {option.name: getattr(args, option.name) for option in BENCH_OPTIONS}
     results = run_bench(args.spec, dtypes=args.dtype, progress=progress, **shared, **knobs)
-    print("\n".join(header(args.spec, results)))
+    lines = header(args.spec, results)
+    warning = noise_warning(results)
+    print("\n".join(lines))
     print(format_table(results, markdown=args.markdown))
+    if warning:
+        print(f"warning: {warning}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"header": header(args.spec, results),
+            json.dump({"header": lines, "warnings": [warning] if warning else [],
                        "results": [{"name": r.name, **r.case.info(), **r.figures()} for r in results]}, f, indent=1)
+    if args.plot:
+        from bncheck.frontends.bench_plot import plot_fractions
+
+        plot_fractions(results, args.plot, lines)
+        print(f"bncheck bench: wrote {args.plot}", file=sys.stderr)
     return 0

@@ -17,16 +17,18 @@ Everything here uses pytest-benchmark's public API only (`benchmark.pedantic`, `
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 
 from bncheck.bench.cases import BenchCase
-from bncheck.bench.results import Result, copy_figure
+from bncheck.bench.results import NoisyTimingWarning, Result, busy_machine, copy_figure, noisy, threads_advice
 from bncheck.bench.timing import prepared, timer
 from bncheck.core.errors import BNCheckSkip
 
 MIN_ROUNDS = 5
 FIGURES = "bncheck_figures"  # the user property that carries a Result.row() to the summary
+THREADS_FLAG = "--bncheck-bench-threads"
 
 
 class _SyncEveryNth:
@@ -82,8 +84,16 @@ def item_function(case: BenchCase):
         result = run_benchmark(benchmark, case)
         if result is not None:
             record_property(FIGURES, result.row())
+            warn_if_noisy(result)
     bncheck_benchmark.__doc__ = f"bncheck benchmark {case.name}"
     return bncheck_benchmark
+
+
+def warn_if_noisy(result: Result) -> None:
+    """A NoisyTimingWarning when the result's timings spread (bncheck.bench.results.noisy). The text names no case,
+    so pytest's warnings summary shows it once, followed by every item that raised it."""
+    if noisy([result]):
+        warnings.warn(NoisyTimingWarning(busy_machine(threads_advice([result], THREADS_FLAG))), stacklevel=2)
 
 
 def make_items(parent: pytest.Collector, cases: list[BenchCase]) -> list[pytest.Item]:
@@ -91,8 +101,8 @@ def make_items(parent: pytest.Collector, cases: list[BenchCase]) -> list[pytest.
     the `bncheck` marker and a ("bncheck_bench", target) user property."""
     if not parent.config.pluginmanager.hasplugin("pytest_benchmark") and \
             not parent.config.pluginmanager.hasplugin("benchmark"):
-        raise pytest.UsageError("--bncheck-benchmark needs pytest-benchmark (pip install pytest-benchmark), "
-                                "and not -p no:benchmark")
+        raise pytest.UsageError("--bncheck-benchmark needs pytest-benchmark, installed (pip install "
+                                "'bncheck[bench]') and not disabled (-p no:benchmark)")
     items = []
     for case in cases:
         item = pytest.Function.from_parent(parent, name=case.name, callobj=item_function(case))
@@ -104,13 +114,15 @@ def make_items(parent: pytest.Collector, cases: list[BenchCase]) -> list[pytest.
 
 def plan_items(parent: pytest.Collector, plan, bench=None) -> list[pytest.Item]:
     """The plugin's --bncheck-benchmark items of one `bncheck.run.plan.Plan`: every case of its model on its example
-    input, device and dtype, reusing the plan's capture of the BN layers' inputs, with the knobs of `bench` (a
-    bncheck.run.settings.BenchSettings; None: the defaults)."""
+    input and device, in the model's own dtype (`python -m bncheck bench --dtype` times others), reusing the plan's
+    capture of the BN layers' inputs, with the knobs of `bench` (a bncheck.run.settings.BenchSettings; None: the
+    defaults)."""
     from bncheck.bench.cases import benchmark_cases
+    from bncheck.run.plan import model_dtype
     from bncheck.run.settings import BenchSettings
 
     settings = plan.settings
-    cases = benchmark_cases(plan.model, plan.example, device=settings.device, dtype=settings.dtype,
+    cases = benchmark_cases(plan.model, plan.example, device=settings.device, dtype=model_dtype(plan.model),
                             inputs=plan.inputs, **(bench or BenchSettings()).case_options())
     return make_items(parent, cases)
 

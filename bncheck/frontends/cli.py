@@ -3,6 +3,7 @@
 (bncheck.frontends.bench_cli) as a table."""
 
 import argparse
+import shlex
 import sys
 
 from bncheck.core import spec as spec_mod
@@ -14,10 +15,22 @@ from bncheck.run.plan import Plan
 from bncheck.run.settings import settings_from
 
 
+def reproduce(args, seed: int) -> str:
+    """'bncheck: reproduce with: python -m bncheck check SPEC ... --seed N': every option given, the seed always."""
+    words = ["python", "-m", "bncheck", "check", args.spec]
+    for option in OPTIONS:
+        value = getattr(args, option.name)
+        if option.name != "seed" and value not in (None, False):
+            words += [f"--{option.dashed()}"] + ([] if value is True else [str(value)])
+    return "bncheck: reproduce with: " + shlex.join([*words, "--seed", str(seed)])
+
+
 def check(args) -> int:
     settings = settings_from({option.name: getattr(args, option.name) for option in OPTIONS})
-    report = run_plan(Plan(spec_mod.load(args.spec, option=None), settings, shape_option="--input-shape "))
+    loaded = spec_mod.load(args.spec, option=None, seed=settings.seed)
+    report = run_plan(Plan(loaded, settings, shape_option="--input-shape "))
     print(report)
+    print(reproduce(args, settings.seed))
     print(f"{len(report.failures)} failed" if report.failures else "all checks passed")
     return 0 if report.ok else 1
 
@@ -26,7 +39,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bncheck", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="run every bncheck check on a model")
-    p.add_argument("spec", help="module.path:attr (an nn.Module or zero-argument factory)")
+    p.add_argument("spec", help="module.path:attr (an nn.Module, or a factory or class of one), torchvision:NAME or "
+                   "timm:NAME (random weights), each optionally with literal keyword arguments, e.g. "
+                   "'pkg.mod:Net(width=16)'")
     for option in OPTIONS:
         kwargs = {"action": "store_true"} if option.switch else {"metavar": option.metavar}
         p.add_argument(f"--{option.dashed()}", dest=option.name, help=option.help, **kwargs)

@@ -3,6 +3,7 @@
 Options and hooks only; the work is bncheck.run.plan. Heavy imports happen inside hooks."""
 
 import os
+import shlex
 
 import pytest
 
@@ -10,13 +11,16 @@ from bncheck.run.options import BENCH_OPTIONS, OPTIONS
 
 MODEL_OPTION = "--bncheck-model"
 BENCHMARK_OPTION = "--bncheck-benchmark"
-_MODEL_HELP = "model to check: module.path:attr (an nn.Module or a zero-argument factory); repeatable"
+_MODEL_HELP = ("model to check: module.path:attr (an nn.Module, or a factory or class of one), torchvision:NAME or "
+               "timm:NAME (random weights), each optionally with literal keyword arguments, e.g. "
+               "'pkg.mod:Net(width=16)'; repeatable")
 _BENCHMARK_HELP = ("also add throughput benchmark items through pytest-benchmark: the model and each BN layer x "
                    "forward_train, forward_eval, backward x memory format (knobs: --bncheck-bench-*)")
 _BENCH = "bench_"  # the plugin's names of BENCH_OPTIONS: --bncheck-bench-<name>, the ini key bncheck_bench_<name>
 _PLANS = pytest.StashKey[list]()
 _BENCH_SETTINGS = pytest.StashKey[object]()  # a BenchSettings
 _HEADERS = pytest.StashKey[list]()  # an xdist controller's header lines: it builds no plan
+_REPRODUCE = pytest.StashKey[str]()  # the header's last line: the command line that reruns the checks
 _THREADS = pytest.StashKey[int]()  # an xdist worker's torch thread count before bncheck shared out the cores
 
 
@@ -94,7 +98,8 @@ def pytest_sessionstart(session):
     try:
         settings = settings_from({name: value for name, (value, _) in given.items()})
         bench = bench_settings_from({name: value for name, (value, _) in bench_given.items()})
-        loaded = [spec_mod.load(s) for s in specs]
+        loaded = [spec_mod.load(s, seed=settings.seed) for s in specs]
+        config.stash[_REPRODUCE] = _reproduce(specs, given, settings.seed)
         if _setting(config, "benchmark") and bench.layers is not None:  # a layer name is checked against each model
             from bncheck.bench.cases import wanted_layers
 
@@ -102,10 +107,11 @@ def pytest_sessionstart(session):
                 wanted_layers(find_batchnorms(m.model), bench.layers)
         config.stash[_BENCH_SETTINGS] = bench
         if _is_xdist_controller(config):  # the workers build the plans and run the items: only say what they check
-            from bncheck.run.plan import header
+            from bncheck.run.plan import example_input, header, input_label
 
-            config.stash[_HEADERS] = [header(m.spec, find_batchnorms(m.model), settings) + "; checked in the workers"
-                                      for m in loaded]
+            config.stash[_HEADERS] = [header(m.spec, m.model, settings,
+                                             input_label(*example_input(m, settings, "--bncheck-input-shape=")))
+                                      + "; checked in the workers" for m in loaded]
             return
         _share_the_cores(config)
         config.stash[_PLANS] = [Plan(m, settings) for m in loaded]
@@ -147,8 +153,18 @@ def _is_xdist_controller(config) -> bool:
     return config.pluginmanager.has_plugin("dsession") and not hasattr(config, "workerinput")
 
 
+def _reproduce(specs: list[str], given: dict, seed: int) -> str:
+    """'bncheck: reproduce with: pytest --bncheck-model=SPEC ... --bncheck-seed=N': the models, every setting the
+    user gave, and the seed (given or not)."""
+    args = [f"{MODEL_OPTION}={spec}" for spec in specs]
+    args += [_flag(name) if value is True else f"{_flag(name)}={value}"
+             for name, (value, _) in given.items() if value is not None and name != "seed"]
+    return "bncheck: reproduce with: " + shlex.join(["pytest", *args, f"{_flag('seed')}={seed}"])
+
+
 def pytest_report_header(config):
-    return config.stash.get(_HEADERS, []) + [plan.header() for plan in config.stash.get(_PLANS, [])]
+    reproduce = [config.stash[_REPRODUCE]] if _REPRODUCE in config.stash else []
+    return config.stash.get(_HEADERS, []) + [plan.header() for plan in config.stash.get(_PLANS, [])] + reproduce
 
 
 class BNCheckItem(pytest.Item):

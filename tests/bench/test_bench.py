@@ -11,8 +11,10 @@ import argparse
 import json
 import queue
 import re
+import sys
 import threading
 import timeit
+import warnings
 
 import pytest
 import torch
@@ -20,15 +22,17 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 from bncheck.__main__ import main
+from bncheck.bench import roofline
 from bncheck.bench.cases import BenchCase, benchmark_cases, case_name
-from bncheck.bench.results import measure
-from bncheck.bench.roofline import bn_min_bytes
+from bncheck.bench.results import NoisyTimingWarning, Result, measure, noise_warning, noisy
+from bncheck.bench.roofline import Roofline, bn_min_bytes
 from bncheck.bench.timing import prepared
 from bncheck.bench.workloads import MODES
 from bncheck.core.errors import BNCheckUsageError
 from bncheck.core.state import Snapshot
 from bncheck.examples import seed_cnn
 from bncheck.frontends import bench_cli
+from bncheck.frontends.bench_items import warn_if_noisy
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -150,6 +154,68 @@ def test_cudnn_benchmark_is_set_for_the_run_and_restored_and_the_rng_is_untouche
     with pytest.raises(RuntimeError, match="setup failed"):
         measure(BenchCase("broken", "model", "forward_eval", broken, cudnn_benchmark=None))
     assert torch.backends.cudnn.benchmark is False
+
+
+@pytest.fixture
+def two_threads():
+    """torch on 2 CPU threads during the test (the caller's count that a 1-thread benchmark must restore)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_threads_are_set_for_the_timing_and_the_roofline_and_restored(two_threads, monkeypatch):
+    seen = []
+    measure(BenchCase("rec", "model", "forward_eval", lambda: lambda: seen.append(torch.get_num_threads()),
+                      min_run_time=0.001, warmup=1, threads=1))
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 2
+
+    seen.clear()
+    measure(BenchCase("rec", "model", "forward_eval", lambda: lambda: seen.append(torch.get_num_threads()),
+                      min_run_time=0.001, warmup=1))  # None: the caller's count
+    assert set(seen) == {2}
+
+    def broken():
+        raise RuntimeError("setup failed")
+    with pytest.raises(RuntimeError, match="setup failed"):
+        measure(BenchCase("broken", "model", "forward_eval", broken, threads=1))
+    assert torch.get_num_threads() == 2
+
+    copies = []
+    monkeypatch.setattr(roofline, "copy_bandwidth", lambda *a, **k: copies.append(torch.get_num_threads()) or 1e9)
+    assert Roofline(torch.device("cpu"), torch.float32, 1 << 20, threads=1).bytes_per_s == 1e9
+    assert copies == [1] and torch.get_num_threads() == 2
+
+    (case,) = benchmark_cases(nn.BatchNorm2d(3), _x(4, 3, 5, 5), modes=["forward_eval"],
+                              memory_formats=["contiguous"], threads=1)
+    assert case.threads == 1 and case.roofline.threads == 1 and case.info()["num_threads"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ busy machine
+
+def _timed(name: str, median_s: float, iqr_s: float | None, threads: int | None = 1) -> Result:
+    """A Result with made-up figures (no timing): the spread decision is arithmetic on them."""
+    case = BenchCase(name, "model", "forward_eval", lambda: None, shape=(8,), samples=8, threads=threads)
+    return Result.of(case, median_s, iqr_s=iqr_s)
+
+
+def test_the_spread_warning_names_the_cases_whose_iqr_is_a_tenth_of_the_median_or_more(two_threads):
+    steady, edge, busy = _timed("steady", 1e-3, 0.5e-4), _timed("edge", 1e-3, 1e-4), _timed("busy", 1e-3, 4e-4)
+    skipped = Result(steady.case, None, skipped="no")
+    assert noisy([steady, edge, busy, skipped, _timed("no iqr", 1e-3, None)]) == [edge, busy]
+    assert noise_warning([steady, skipped]) is None
+    line = noise_warning([steady, edge, busy])
+    assert "\n" not in line and line.startswith("timings spread: IQR >= 10% of the median")
+    assert line.endswith(": edge (10%), busy (40%)") and "--threads" not in line  # already on one thread
+    assert "or with --threads=1:" in noise_warning([_timed("many", 1e-3, 2e-4, threads=None)])  # on 2 threads
+
+    with pytest.warns(NoisyTimingWarning, match="the machine was likely busy; .* --bncheck-bench-threads=1$"):
+        warn_if_noisy(_timed("busy", 1e-3, 4e-4, threads=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_noisy(steady)
 
 
 # ------------------------------------------------------------------------------------------------ the time is right
@@ -425,6 +491,40 @@ def test_cli_prints_a_table_with_the_conditions_and_writes_json(capsys, tmp_path
 
     assert main(["bench", "nowhere.at.all:net", "--quick"]) == 2
     assert "cannot import 'nowhere.at.all'" in capsys.readouterr().err
+
+
+def test_cli_threads_are_stated_in_the_header_and_restored(capsys, tmp_path, one_thread):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "bncheck.examples:seed_cnn", "--quick", "--layers", "none", "--modes", "forward_eval",
+            "--memory-format", "contiguous", "--threads", "2", "--json", str(out)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("bncheck bench: bncheck.examples:seed_cnn on cpu (")
+    saved = json.loads(out.read_text())
+    assert "thread" in saved["header"][0] and ", 2 threads)" in saved["header"][0]
+    assert saved["results"][0]["num_threads"] == 2 and isinstance(saved["warnings"], list)
+    assert torch.get_num_threads() == 1
+
+
+def test_cli_plot_writes_a_png_of_the_bn_layers(capsys, tmp_path, one_thread):
+    png = tmp_path / "bench.png"
+    argv = ["bench", "bncheck.examples:seed_cnn", "--quick", "--modes", "forward_eval", "--memory-format",
+            "contiguous", "--threads", "1", "--plot", str(png)]
+    assert main(argv) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert f"wrote {png}" in capsys.readouterr().err
+
+    assert main([*argv[:-1], str(tmp_path / "none.png"), "--layers", "none"]) == 2  # no BN figures to draw
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: --plot: no BN layer was measured, nothing to draw (--layers none?)")
+
+
+def test_cli_plot_without_matplotlib_is_a_one_line_error_naming_the_extra(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    png = tmp_path / "bench.png"
+    assert main(["bench", "bncheck.examples:seed_cnn", "--quick", "--plot", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --plot needs matplotlib, which is not installed: pip install 'bncheck[bench]'\n"
+    assert not png.exists()  # refused before anything was measured
 
 
 # ------------------------------------------------------------------------------------------------ GPU

@@ -207,6 +207,6 @@ def test_a_model_of_two_inputs_runs_from_the_factory_form_and_the_plain_spec_say
     result = bnmodels.runpytest("--bncheck-model=bnmodels:two_inputs_factory", "-p", "no:warnings")
     assert result.ret == 0 and "passed" in set(outcomes_by_id(result).values())
     result = bnmodels.runpytest("--bncheck-model=bnmodels:two_inputs", "--bncheck-input-shape=3,8,8")
-    result.stderr.fnmatch_lines(["*bnmodels:two_inputs: the model rejected the example input: TypeError*"
-                                 "(example input (8, 3, 8, 8)) (a model that takes several inputs needs them as a "
+    result.stderr.fnmatch_lines(["*bnmodels:two_inputs: the model rejected the example input (8, 3, 8, 8): TypeError*"
+                                 " (a model that takes several inputs needs them as a "
                                  "tuple: a factory returning (module, (input1, input2, ...))*"])

@@ -58,8 +58,10 @@ def test_model_alone_runs_only_bncheck_items_with_header_and_summary(bnmodels):
         "bncheck[bnmodels:net]::memory_format[bn1]": "skipped"}
     assert result.ret == 0
     result.stdout.fnmatch_lines([
-        f"bncheck: bnmodels:net on {AUTO_DEVICE}, float32, torch {torch.__version__}; "
-        f"2 BN layers (BatchNorm1d: 1, BatchNorm2d: 1)",
+        f"bncheck: bnmodels:net on {AUTO_DEVICE}, float32 (dtype check: float16, bfloat16), torch "
+        f"{torch.__version__}; "
+        f"input 3,8,8 (the model's example_input), batch 4, seed 0; 2 BN layers (BatchNorm1d: 1, BatchNorm2d: 1)",
+        "bncheck: reproduce with: pytest --bncheck-model=bnmodels:net --bncheck-seed=0",
         f"collected {len(outcomes)} items",  # bncheck's items count as collected ones
     ])
     n_model = len(MODEL_CHECKS) + len(LINTS)
@@ -130,10 +132,14 @@ def test_each_model_gets_a_header_line_and_its_items(bnmodels):
         "bnmodels:factory", ["1"])  # the repeated spec is checked once
     header = [line for line in result.outlines if line.startswith("bncheck: ")]
     assert header == [
-        f"bncheck: bnmodels:net on {AUTO_DEVICE}, float32, torch {torch.__version__}; "
-        f"2 BN layers (BatchNorm1d: 1, BatchNorm2d: 1)",
-        f"bncheck: bnmodels:factory on {AUTO_DEVICE}, float32, torch {torch.__version__}; "
-        f"1 BN layers (BatchNorm2d: 1)",
+        f"bncheck: bnmodels:net on {AUTO_DEVICE}, float32 (dtype check: float16, bfloat16), torch "
+        f"{torch.__version__}; "
+        f"input 3,8,8 (the model's example_input), batch 4, seed 0; 2 BN layers (BatchNorm1d: 1, BatchNorm2d: 1)",
+        f"bncheck: bnmodels:factory on {AUTO_DEVICE}, float32 (dtype check: float16, bfloat16), torch "
+        f"{torch.__version__}; "
+        f"input 2,8,8 (the factory's example input), batch 4, seed 0; 1 BN layers (BatchNorm2d: 1)",
+        "bncheck: reproduce with: pytest --bncheck-model=bnmodels:net --bncheck-model=bnmodels:factory "
+        "--bncheck-seed=0",
     ]
 
 
@@ -154,6 +160,46 @@ def test_model_sources(bnmodels, args, layers):
 def _first_input(batch, shape, seed):
     x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(seed))
     return (batch, *shape), float(x.flatten()[0])
+
+
+def test_a_spec_with_arguments_is_built_under_the_seed_and_the_header_says_how_to_reproduce(bnmodels):
+    bnmodels.makepyfile(test_user="""
+        import torch
+
+        def test_weights(bncheck_model):
+            torch.manual_seed(5)
+            assert torch.equal(bncheck_model.conv.weight, torch.nn.Conv2d(3, 2, 3, bias=False).weight)
+    """)
+    spec = "bnmodels:Wide(width=2)"
+    result = bnmodels.runpytest(f"--bncheck-model={spec}", "--bncheck-input-shape=3,8,8", "--bncheck-seed=5",
+                                "test_user.py", "-k", "test_weights or batch_stats")
+    assert outcomes_by_id(result) == {"test_user.py::test_weights": "passed",
+                                      f"bncheck[{spec}]::batch_stats[bn]": "passed"}
+    result.stdout.fnmatch_lines([
+        f"bncheck: {spec} on *; input 3,8,8 (--bncheck-input-shape), batch 8, seed 5; 1 BN layers (BatchNorm2d: 1)",
+        f"bncheck: reproduce with: pytest '--bncheck-model={spec}' --bncheck-input-shape=3,8,8 --bncheck-seed=5"])
+
+
+def test_torchvision_shortcut_header_says_where_the_input_shape_came_from(pytester, _lazy_torch_imports):
+    result = pytester.runpytest("--bncheck-model=torchvision:resnet18", "--collect-only")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines([
+        "bncheck: torchvision:resnet18 on *; input 3,224,224 (torchvision's weights transforms), batch 8, seed 0; "
+        "20 BN layers (BatchNorm2d: 20)",
+        "bncheck: reproduce with: pytest --bncheck-model=torchvision:resnet18 --bncheck-seed=0"])
+
+
+@pytest.mark.parametrize("args, inputs", [
+    ([], "input 3,160,160 (timm's pretrained_cfg), batch 2"),
+    (["--bncheck-input-shape=3,16,16"], "input 3,16,16 (--bncheck-input-shape), batch 2"),  # the user's wins
+])
+def test_timm_shortcut_takes_its_pretrained_cfg_shape_unless_the_user_gives_one(pytester, _lazy_torch_imports, args,
+                                                                                inputs):
+    pytest.importorskip("timm")
+    spec = "timm:test_efficientnet(num_classes=10)"  # timm's own 13-BN test model
+    result = pytester.runpytest(f"--bncheck-model={spec}", "--bncheck-batch-size=2", *args, "--collect-only")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines([f"bncheck: {spec} on *; {inputs}, seed 0; 13 BN layers (BatchNormAct2d: 13)"])
 
 
 @pytest.mark.parametrize("args, batch, shape, seed", [
@@ -195,14 +241,15 @@ def test_cuda_device_runs_the_checks_on_the_gpu(bnmodels):
 
 
 @pytest.mark.parametrize("dtype, outcome", [
-    (None, "failed"),  # float32: the dtype check tries float16 and bfloat16
+    (None, "failed"),  # the default: the dtype check tries float16 and bfloat16
     ("float16", "passed"),  # only float16, which the layer handles
     ("bfloat16", "failed"),
 ])
 def test_dtype_option_picks_the_dtype_checks_dtype(bnmodels, dtype, outcome):
     args = [f"--bncheck-dtype={dtype}"] if dtype else []
     result = bnmodels.runpytest("--bncheck-model=bnmodels:no_bf16", *args, "-k", "dtype")
-    result.stdout.fnmatch_lines([f"bncheck: bnmodels:no_bf16 on *, {dtype or 'float32'}, *"])
+    result.stdout.fnmatch_lines([f"bncheck: bnmodels:no_bf16 on *, float32 (dtype check: "
+                                 f"{dtype or 'float16, bfloat16'}), *"])
     assert outcomes_by_id(result) == {"bncheck[bnmodels:no_bf16]::dtype[1]": outcome}
     if outcome == "failed":
         result.stdout.fnmatch_lines(["*bfloat16 input, train mode: output differs*"])
@@ -235,7 +282,8 @@ def test_ini_settings(bnmodels):
     result = bnmodels.runpytest("--collect-only")
     assert result.ret == 0, result.stderr.str()
     assert selected_ids(result) == expected_ids("bnmodels:recorder", ["bn"])
-    result.stdout.fnmatch_lines([f"bncheck: bnmodels:recorder on cpu, bfloat16, torch {torch.__version__}; *"])
+    result.stdout.fnmatch_lines([f"bncheck: bnmodels:recorder on cpu, float32 (dtype check: bfloat16), torch "
+                                 f"{torch.__version__}; *"])
     got_shape, got_value = models.SEEN[0]
     assert (got_shape, pytest.approx(got_value)) == _first_input(3, (3, 6, 6), 7)
 
@@ -248,7 +296,7 @@ def test_command_line_overrides_ini(bnmodels):
                                 "--collect-only")
     assert result.ret == 0, result.stderr.str()
     assert selected_ids(result) == expected_ids("bnmodels:net", ["features.1", "bn1"])
-    result.stdout.fnmatch_lines(["bncheck: bnmodels:net on cpu, float16, *"])
+    result.stdout.fnmatch_lines(["bncheck: bnmodels:net on cpu, float32 (dtype check: float16), *"])
     assert not models.SEEN  # the ini's recorder model was not loaded
 
 
@@ -306,8 +354,8 @@ def test_ids_are_identical_serially_and_under_xdist(bnmodels):
                               f"bncheck[bnmodels:flipped] 1: {len(LAYER_CHECKS) - 2} passed, 1 failed, 1 skipped"])
     assert run.ret == pytest.ExitCode.TESTS_FAILED
     # the controller runs no item: it names the models and builds no plan
-    run.stdout.fnmatch_lines(["bncheck: bnmodels:net on cpu, float32, torch *; 2 BN layers "
-                              "(BatchNorm1d: 1, BatchNorm2d: 1); checked in the workers"])
+    run.stdout.fnmatch_lines(["bncheck: bnmodels:net on cpu, float32 (dtype check: float16, bfloat16), torch *; "
+                              "2 BN layers (BatchNorm1d: 1, BatchNorm2d: 1); checked in the workers"])
 
 
 def test_an_xdist_worker_gives_torch_its_share_of_the_cores(bnmodels):
@@ -390,7 +438,7 @@ def test_lints_warn_bncheck_warnings_by_default(bnmodels):
     assert set(warned) == set(FINDINGS)
     for nodeid, phrase in FINDINGS.items():
         [w] = warned[nodeid]
-        assert w.category.__module__ == "bncheck.core.errors" and w.category.__name__ == "BNCheckWarning"
+        assert w.category.__module__ == "bncheck" and w.category.__name__ == "BNCheckWarning"
         assert phrase in str(w.message)
     result.stdout.fnmatch_lines(["*warnings summary*", "*BNCheckWarning*"])
 
@@ -418,8 +466,9 @@ def test_lints_fail_under_strict_or_warnings_as_errors(bnmodels, how):
 def test_examples_seed_cnn_passes(pytester, _lazy_torch_imports):
     result = pytester.runpytest("--bncheck-model=bncheck.examples:seed_cnn")
     result.stdout.fnmatch_lines([
-        f"bncheck: bncheck.examples:seed_cnn on {AUTO_DEVICE}, float32, torch {torch.__version__}; "
-        f"2 BN layers (BatchNorm1d: 1, BatchNorm2d: 1)"])
+        f"bncheck: bncheck.examples:seed_cnn on {AUTO_DEVICE}, float32 (dtype check: float16, bfloat16), torch "
+        f"{torch.__version__}; "
+        f"input 1,28,28 (the model's example_input), batch 8, seed 0; 2 BN layers (BatchNorm1d: 1, BatchNorm2d: 1)"])
     outcomes = outcomes_by_id(result)
     assert list(outcomes) == expected_ids("bncheck.examples:seed_cnn", ["3", "10"])
     assert "failed" not in outcomes.values()
@@ -482,7 +531,7 @@ BAD_INPUT = [
                  id="missing_attribute"),
     pytest.param(["--bncheck-model=bnmodels:Holder.Missing"], ["no attribute", "Holder.Missing"],
                  id="missing_nested_attribute"),
-    pytest.param(["--bncheck-model=bnmodels:not_a_model"], ["int is neither an nn.Module nor a zero-argument"],
+    pytest.param(["--bncheck-model=bnmodels:not_a_model"], ["int is neither an nn.Module nor a factory"],
                  id="not_a_module"),
     pytest.param(["--bncheck-model=bnmodels:raising_factory"],
                  ["the factory raised RuntimeError: cannot build the model"], id="factory_raises"),
@@ -490,7 +539,8 @@ BAD_INPUT = [
     pytest.param(["--bncheck-model=bnmodels:plain"], ["no input shape", "--bncheck-input-shape=C,H,W"],
                  id="no_input_shape"),
     pytest.param(["--bncheck-model=bnmodels:plain", "--bncheck-input-shape=5,8,8"],
-                 ["rejected the example input", "RuntimeError"], id="input_rejected"),
+                 ["bnmodels:plain: the model rejected the example input (8, 5, 8, 8): RuntimeError"],
+                 id="input_rejected"),
     pytest.param(["--bncheck-model=bnmodels:factory", "--bncheck-input-shape=3,8,8"],
                  ["rejected the example input"], id="shape_overrides_factory_input"),
     pytest.param(["--bncheck-model=bnmodels:net", "--bncheck-device=cuda"], ["--bncheck-device=cuda", "no CUDA GPU"],
@@ -509,6 +559,19 @@ BAD_INPUT = [
                  id="batch_size_1"),
     pytest.param(["--bncheck-model=bnmodels:net", "--bncheck-batch-size=0"], ["--bncheck-batch-size", "at least 2"],
                  id="batch_size_0"),
+    pytest.param(["--bncheck-model=bnmodels:Wide"], ["--bncheck-model=bnmodels:Wide: Wide() needs arguments (width): "
+                                                     "name them in the spec, e.g. 'bnmodels:Wide(width=...)'"],
+                 id="class_needs_arguments"),
+    pytest.param(["--bncheck-model=bnmodels:Wide(width=__import__('os'))"],
+                 ["width=__import__('os') is not a literal"], id="argument_not_a_literal"),
+    pytest.param(["--bncheck-model=bnmodels:Wide(4)"], ["name every argument, as key=literal"],
+                 id="positional_argument"),
+    pytest.param(["--bncheck-model=torchvision:resnet181"],
+                 ["--bncheck-model=torchvision:resnet181: torchvision has no model 'resnet181'; did you mean resnet18, "
+                  "resnet101"], id="unknown_torchvision_model"),
+    pytest.param(["--bncheck-model=bnmodels:net", "--bncheck-model=bnmodels:raiser"],
+                 ["ERROR: bnmodels:raiser: the model rejected the example input (4, 3, 8, 8): RuntimeError: boom"],
+                 id="forward_raises"),
 ]
 
 

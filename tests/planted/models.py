@@ -230,3 +230,152 @@ class RoundsWithTheBatch(nn.Module):
         bn = self.bn
         return F.batch_norm(x - m + m, bn.running_mean, bn.running_var, bn.weight, bn.bias,
                             bn.training or self.batch_stats_in_eval, bn.momentum, bn.eps)
+
+
+# --- the training loop around BN: planted bugs for the guards (bncheck.checks.guards, bncheck.watch) -----------------
+
+
+class Detector(nn.Module):
+    """A correct small detector-like net: a conv backbone with BatchNorm2d and a head with BatchNorm1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(16, 6, bias=False), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+    def freeze_backbone(self) -> "Detector":
+        """requires_grad=False on the backbone's parameters and the backbone in eval mode (the usual recipe)."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone.eval()
+        return self
+
+
+class FrozenByEval(Detector):
+    """freezes its backbone by requires_grad=False and backbone.eval(), which the next model.train() undoes."""
+    caught_by = "assert_bn_frozen"
+
+    def __init__(self):
+        super().__init__()
+        self.freeze_backbone()
+
+
+class FrozenByTrainOverride(Detector):
+    """The fix for FrozenByEval: train() puts the frozen backbone back in eval mode every time."""
+
+    def __init__(self):
+        super().__init__()
+        self.freeze_backbone()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not any(p.requires_grad for p in self.backbone.parameters()):
+            self.backbone.eval()
+        return self
+
+
+def train_step(model, optimizer, x, y):
+    """A correct training step: model.train(), then one optimizer step on the cross-entropy; returns the loss."""
+    model.train()
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train_step_in_eval_mode(model, optimizer, x, y):
+    """runs the step in eval mode ('no dropout'), so BN statistics never update (caught_by assert_stats_updated)."""
+    model.eval()
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def evaluate(model, x):
+    """A correct evaluation: eval mode under no_grad, the caller's modes restored afterwards; returns the logits."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def evaluate_leaves_eval_mode(model, x):
+    """calls model.eval() and never switches back: training continues in eval mode (caught_by assert_eval_is_pure)."""
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def evaluate_in_train_mode(model, x):
+    """trusts torch.no_grad() alone: BN runs in train mode and updates its statistics (caught_by
+    assert_eval_is_pure)."""
+    with torch.no_grad():
+        return model(x)
+
+
+def epoch_keeps_last_batch(model, optimizer, x, y, batch_size):
+    """one epoch in batches with the last partial one kept (drop_last=False): with 66 samples in batches of 32, BN
+    trains on a batch of 2 (caught_by watch(...).small_batches)."""
+    return [train_step(model, optimizer, x[i:i + batch_size], y[i:i + batch_size])
+            for i in range(0, len(x), batch_size)]
+
+
+def epoch_drops_last_batch(model, optimizer, x, y, batch_size):
+    """The fix for epoch_keeps_last_batch: full batches only (drop_last=True)."""
+    return [train_step(model, optimizer, x[i:i + batch_size], y[i:i + batch_size])
+            for i in range(0, len(x) - batch_size + 1, batch_size)]
+
+
+# --- BN beyond eager mode: planted bugs for model_compile and model_export (bncheck.checks.compiled, .exported) -------
+
+
+class CompiledMomentumBN(nn.BatchNorm2d):
+    """updates its running statistics with momentum 0.5 under torch.compile, 0.1 in eager."""
+    caught_by = "model_compile"
+
+    def forward(self, x):
+        momentum = 0.5 if torch.compiler.is_compiling() else self.momentum
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, momentum,
+                            self.eps)
+
+
+class EveryOtherCallBN(nn.BatchNorm2d):
+    """updates its running statistics every other call, a Python counter behind assume_constant_result: the compiled
+    code reads it once (no update) and bakes that in."""
+    caught_by = "model_compile"
+
+    def __init__(self, c):
+        super().__init__(c)
+        self.calls = 0
+
+    @torch.compiler.assume_constant_result
+    def _updates_now(self) -> bool:
+        self.calls += 1
+        return self.calls % 2 == 0
+
+    def forward(self, x):
+        momentum = self.momentum if self._updates_now() else 0.0
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, momentum,
+                            self.eps)
+
+
+class ExportBatchStatsBN(nn.BatchNorm2d):
+    """normalizes with batch statistics whenever torch.compiler.is_exporting(): the exported program bakes them into
+    inference."""
+    caught_by = "model_export"
+
+    def forward(self, x):
+        training = self.training or torch.compiler.is_exporting()
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training, self.momentum,
+                            self.eps)

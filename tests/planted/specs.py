@@ -229,3 +229,33 @@ two_inputs = TwoInputs()
 
 def two_inputs_factory():
     return TwoInputs(), (_x(4, 3, 8, 8), _x(4, 3, 8, 8, seed=1))
+
+
+# Specs with arguments, seeded construction, a forward that raises.
+class Wide(nn.Module):
+    """Needs its width: `bnmodels:Wide(width=4)`; random weights, so its construction must be seeded."""
+
+    def __init__(self, width, eps=1e-5):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, width, 3, bias=False), nn.BatchNorm2d(width, eps=eps)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def wide_factory(width=4):
+    """A factory with a default: `bnmodels:wide_factory` or `bnmodels:wide_factory(width=2)`."""
+    return Wide(width), _x(4, 3, 8, 8)
+
+
+class Raiser(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+raiser = Raiser()
+raiser.example_input = _x(4, 3, 8, 8)

@@ -31,7 +31,7 @@ def test_settings_parse_text_take_defaults_and_name_the_bad_option():
     assert settings_from({}) == Settings(device=settings_from({}).device)
     given = settings_from({"input_shape": "3,8,8", "batch_size": "4", "seed": "0", "dtype": "bfloat16",
                            "device": "cpu", "strict": True})
-    assert given == Settings(input_shape=(3, 8, 8), batch_size=4, seed=0, dtype=torch.bfloat16, strict=True)
+    assert given == Settings(input_shape=(3, 8, 8), batch_size=4, seed=0, dtype=(torch.bfloat16,), strict=True)
     for name, value in (("batch_size", "1"), ("batch_size", "eight"), ("seed", "x"), ("dtype", "int8"),
                         ("input_shape", "3,x"), ("device", "tpu9"), ("data_root", "/nowhere")):
         with pytest.raises(BNCheckUsageError) as info:
@@ -82,14 +82,16 @@ def test_bench_settings_parse_text_take_defaults_and_name_the_bad_option():
     assert bench_settings_from({}) == BenchSettings()
     given = bench_settings_from({"modes": "forward_eval, backward", "memory_format": "channels_last",
                                  "layers": "bn1,features.1", "min_run_time": "0.5", "warmup": "0", "quick": True,
-                                 "no_cudnn_benchmark": True})
+                                 "no_cudnn_benchmark": True, "threads": "1"})
     assert given == BenchSettings(("forward_eval", "backward"), ("channels_last",), ("bn1", "features.1"), 0.5, 0,
-                                  True, True)
-    assert given.case_options()["cudnn_benchmark"] is False
+                                  True, True, 1)
+    assert given.case_options()["cudnn_benchmark"] is False and given.case_options()["threads"] == 1
+    assert BenchSettings().threads is None  # default: torch's current count, left as it is
     assert bench_settings_from({"layers": "none"}).layers == ()  # the model only
     assert bench_settings_from({"layers": "all"}).layers is None
     for name, value in (("modes", "sideways"), ("modes", ","), ("memory_format", "nhwc"), ("min_run_time", "0"),
-                        ("min_run_time", "soon"), ("warmup", "-1"), ("warmup", "many")):
+                        ("min_run_time", "soon"), ("warmup", "-1"), ("warmup", "many"), ("threads", "0"),
+                        ("threads", "all")):
         with pytest.raises(BNCheckUsageError) as info:
             bench_settings_from({name: value})
         assert info.value.field == name and info.value.flagged("--flag").startswith(f"--flag={value}: ")
@@ -122,11 +124,17 @@ def test_bench_knobs_given_to_the_plugin_reach_the_measurement(bnmodels, one_thr
     result = bnmodels.runpytest("--bncheck-model=bnmodels:net", "--bncheck-benchmark", "-k", "bench_",
                                 "--bncheck-bench-modes=forward_eval", "--bncheck-bench-layers=none",
                                 "--bncheck-bench-memory-format=contiguous", "--bncheck-bench-quick",
-                                "--bncheck-bench-no-cudnn-benchmark", f"--benchmark-json={out}", "-p", "no:randomly")
+                                "--bncheck-bench-no-cudnn-benchmark", "--bncheck-bench-threads=2",
+                                f"--benchmark-json={out}", "-p", "no:randomly")
     result.assert_outcomes(passed=1)
     (bench,) = json.loads(out.read_text())["benchmarks"]
     assert bench["fullname"] == _net_bench_ids(["forward_eval"], ["model"], ["contiguous"])[0]
     assert bench["extra_info"]["cudnn_benchmark"] is False
+    assert bench["extra_info"]["num_threads"] == 2 and torch.get_num_threads() == 1  # timed on 2, restored
+
+    bnmodels.makeini("[pytest]\nbncheck_bench_threads = 0\n")
+    assert_usage_error(bnmodels.runpytest("--bncheck-model=bnmodels:net", "--bncheck-benchmark"),
+                       "bncheck_bench_threads=0: must be at least 1")
 
 
 @pytest.mark.parametrize("args, ini, fragment", [
@@ -145,6 +153,7 @@ def test_a_bad_bench_knob_is_a_usage_error_naming_the_flag_or_ini_key(bnmodels, 
 def test_the_bench_cli_names_a_bad_knob_by_its_flag(capsys):
     for argv, fragment in ((["--modes", "sideways"], "error: --modes=sideways: mode 'sideways'"),
                            (["--min-run-time", "0"], "error: --min-run-time=0: must be greater than 0"),
+                           (["--threads", "0"], "error: --threads=0: must be at least 1"),
                            (["--layers", "nope"], "error: --layers=nope: no BN layer named 'nope'"),
                            (["--seed", "x"], "error: --seed=x: expected an integer"),
                            (["--batch-size", "1"], "error: --batch-size=1: must be at least 2")):
