@@ -107,10 +107,9 @@ def pytest_sessionstart(session):
                 wanted_layers(find_batchnorms(m.model), bench.layers)
         config.stash[_BENCH_SETTINGS] = bench
         if _is_xdist_controller(config):  # the workers build the plans and run the items: only say what they check
-            from bncheck.run.plan import example_input, header, input_label
+            from bncheck.run.plan import check_runs, header
 
-            config.stash[_HEADERS] = [header(m.spec, m.model, settings,
-                                             input_label(*example_input(m, settings, "--bncheck-input-shape=")))
+            config.stash[_HEADERS] = [header(m.spec, m.model, settings, check_runs(m, settings))
                                       + "; checked in the workers" for m in loaded]
             return
         _share_the_cores(config)

@@ -101,7 +101,8 @@ DEFAULT_BATCH_SIZE = 8
 
 OPTIONS = (
     Option("input_shape", "one sample's shape without the batch dim, e.g. 3,32,32 (default: the model's own "
-           "example input)", None, _core("parse_shape"), "C,H,W"),
+           "example input, else the shape torchvision or timm states for a model named by them)", None,
+           _core("parse_shape"), "C,H,W"),
     Option("batch_size", f"batch size of the example input (default {DEFAULT_BATCH_SIZE})", DEFAULT_BATCH_SIZE,
            _integer("batch_size", 2, " (train-mode BN needs n > 1)"), "N"),
     Option("device", "auto (the GPU when there is one; default), cpu, cuda or cuda:N", "auto",

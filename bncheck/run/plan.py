@@ -97,6 +97,40 @@ def example_input(loaded: Loaded, settings: Settings, shape_option: str) -> tupl
     return torch.randn((settings.batch_size, *shape), generator=gen), source
 
 
+def on_device(given, model: nn.Module, device: torch.device):
+    """The example input on `device`, its floating tensors in the dtype `model` is held in (float64, or half): as its
+    user would feed it."""
+    dtype = next((t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()), None)
+
+    def to(t):
+        return t.to(device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
+    return tuple(map(to, given)) if isinstance(given, tuple) else to(given)
+
+
+def rejected(spec: str, example, cause: BaseException) -> str:
+    """'SPEC: the model rejected the example input (8, 3, 8, 8): RuntimeError: boom', with a hint on several
+    inputs when the forward wanted other arguments (a TypeError)."""
+    shapes = ", ".join(map(str, _shapes(example)))
+    several = isinstance(cause, TypeError) and not isinstance(example, tuple)
+    return (f"{spec}: the model rejected the example input {shapes}: {one_line(cause)}"
+            + (_SEVERAL_INPUTS if several else ""))
+
+
+def check_runs(loaded: Loaded, settings: Settings, shape_option: str = "--bncheck-input-shape=") -> str:
+    """One eval-mode forward of a copy on the example input, under no_grad: a usage error naming the spec and the
+    input when the model rejects it (what pytest-xdist's controller checks before its workers build the plans).
+    Returns the header's input label."""
+    given, source = example_input(loaded, settings, shape_option)
+    twin = clone(loaded.model).to(settings.device)
+    example = on_device(given, twin, settings.device)
+    try:
+        with torch.no_grad():
+            materialized(twin, example).eval()(*(example if isinstance(example, tuple) else (example,)))
+    except Exception as exc:
+        raise BNCheckUsageError(rejected(loaded.spec, example, exc)) from None
+    return input_label(example, source)
+
+
 class Plan:
     def __init__(self, loaded: Loaded, settings: Settings, *, shape_option: str = "--bncheck-input-shape="):
         self.spec = loaded.spec
@@ -104,13 +138,13 @@ class Plan:
         self.settings = settings
         self.work = clone(self.model).to(settings.device)
         given, self.input_source = example_input(loaded, settings, shape_option)
-        self.example = self._cast(given, settings)
+        self.example = on_device(given, self.work, settings.device)
         self.layers = find_batchnorms(self.model)
         self.train_error = None  # why the model does not run in train mode on the example input, if it does not
         try:
             captured = self._capture()
         except BNCheckUsageError as exc:
-            raise BNCheckUsageError(self._rejected(exc.__cause__ or exc)) from None
+            raise BNCheckUsageError(rejected(self.spec, self.example, exc.__cause__ or exc)) from None
         self.inputs = {name: representative(x) for name, x in captured.inputs.items()}
         self.producers = captured.producers
         self.output = captured.output
@@ -137,23 +171,6 @@ class Plan:
                 raise exc from exc.__cause__  # the train-mode error, caused by the model's own exception
             self.train_error = one_line(exc.__cause__ or exc)
             return captured
-
-    def _rejected(self, cause: BaseException) -> str:
-        """'SPEC: the model rejected the example input (8, 3, 8, 8): RuntimeError: boom', with a hint on several
-        inputs when the forward wanted other arguments (a TypeError)."""
-        shapes = ", ".join(map(str, _shapes(self.example)))
-        several = isinstance(cause, TypeError) and not isinstance(self.example, tuple)
-        return (f"{self.spec}: the model rejected the example input {shapes}: {one_line(cause)}"
-                + (_SEVERAL_INPUTS if several else ""))
-
-    def _cast(self, given, settings: Settings):
-        # A model held in float64 (or half) gets its input in that dtype, as its user would feed it.
-        dtype = next((t.dtype for t in [*self.work.parameters(), *self.work.buffers()] if t.is_floating_point()),
-                     None)
-
-        def to(t):
-            return t.to(settings.device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
-        return tuple(map(to, given)) if isinstance(given, tuple) else to(given)
 
     def header(self) -> str:
         return header(self.spec, self.model, self.settings, input_label(self.example, self.input_source)) + (

@@ -581,6 +581,12 @@ def test_bad_input_is_a_one_line_usage_error(bnmodels, args, fragments):
     assert_usage_error(bnmodels.runpytest(*args), *fragments)
 
 
+def test_a_model_that_rejects_its_input_is_one_usage_error_under_xdist_too(bnmodels):
+    """The controller builds no plan, but runs the model once: the workers never start on a broken model."""
+    result = bnmodels.runpytest_subprocess("--bncheck-model=bnmodels:raiser", "-n", "2", "-p", "no:cacheprovider")
+    assert_usage_error(result, "bnmodels:raiser: the model rejected the example input (4, 3, 8, 8): RuntimeError: boom")
+
+
 def test_bad_ini_integer_is_a_one_line_usage_error(bnmodels):
     bnmodels.makepyprojecttoml('[tool.pytest.ini_options]\nbncheck_batch_size = "eight"\n')
     assert_usage_error(bnmodels.runpytest("--bncheck-model=bnmodels:net"), "bncheck_batch_size")
