@@ -199,10 +199,7 @@ def fashion_mnist(data_root, *, train_limit: int | None = None, test_limit: int 
 
     `data_root` is the directory that holds FashionMNIST/raw/ with the four uncompressed IDX files
     (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)."""
-    try:
-        from torchvision.datasets import FashionMNIST
-    except ImportError as exc:
-        raise BNCheckUsageError(f"Fashion-MNIST needs torchvision ({one_line(exc)}); pip install torchvision") from exc
+    FashionMNIST = require("torchvision.datasets", extra="vision", feature="Fashion-MNIST").FashionMNIST  # noqa: N806
     raw = check_fashion_root(data_root)
     try:
         train = FashionMNIST(os.fspath(data_root), train=True, download=False)

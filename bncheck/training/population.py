@@ -53,7 +53,7 @@ class PopulationStats:
         return self.var * self.count / max(self.count - 1, 1)
 
 
-class _Accumulator:
+class Accumulator:
     """Per-channel count, mean and sum of squared deviations, merged batch by batch in float64."""
 
     def __init__(self):
@@ -83,7 +83,7 @@ class _Accumulator:
         return PopulationStats(layer, self.mean.cpu(), (self.m2 / self.n).cpu(), self.n)
 
 
-def _inputs(data, *, split: str, batch_size: int) -> tuple[Iterable, str]:
+def batches_of(data, *, split: str, batch_size: int) -> tuple[Iterable, str]:
     """The batches of model inputs in `data`, and a description for messages."""
     if isinstance(data, Data):
         if split not in ("train", "test"):
@@ -124,33 +124,42 @@ def population_stats(model: nn.Module, data, *, split: str = "train", batch_size
     """Per BN-like layer (in the order of their first call), the exact per-channel mean and variance of its input
     over every sample of `data`: a bncheck Data (its `split`), a tensor of inputs, or an iterable of batches
     (x or (x, y, ...)). Runs a copy of `model` in eval mode on `device` (default: the model's)."""
-    batches, _ = _inputs(data, split=split, batch_size=batch_size)
+    batches, _ = batches_of(data, split=split, batch_size=batch_size)
     device = model_device(model, device)
     net = clone(model).to(device).eval()
-    accumulators: dict[str, _Accumulator] = {}
+    accumulators: dict[str, Accumulator] = {}
 
     def hook(name):
         def pre(module, args):
             if args and isinstance(args[0], torch.Tensor):
-                accumulators.setdefault(name, _Accumulator()).add(args[0])
+                accumulators.setdefault(name, Accumulator()).add(args[0])
         return pre
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in find_batchnorms(net).items()]
-    seen = 0
     try:
-        for x in batches:
-            try:
-                net(x.to(device))
-            except Exception as exc:  # the model rejected the data: one line, not a traceback from its forward
-                raise BNCheckUsageError(f"the model rejected a batch of shape {tuple(x.shape)}: "
-                                        f"{one_line(exc)}") from exc
-            seen += 1
+        feed(net, batches, device)
     finally:
         for h in handles:
             h.remove()
+    return {name: acc.result(name) for name, acc in accumulators.items()}
+
+
+def feed(net: nn.Module, batches, device, *, before=None, stops: tuple[type[Exception], ...] = ()) -> None:
+    """`net` on every batch (moved to `device`), `before()` ahead of each; an exception of `stops` ends that
+    forward quietly, any other is a one-line usage error (the model rejected the data), and so is no batch at all."""
+    seen = 0
+    for x in batches:
+        if before is not None:
+            before()
+        try:
+            net(x.to(device))
+        except stops:
+            pass
+        except Exception as exc:  # the model rejected the data: one line, not a traceback from its forward
+            raise BNCheckUsageError(f"the model rejected a batch of shape {tuple(x.shape)}: {one_line(exc)}") from exc
+        seen += 1
     if not seen:
         raise BNCheckUsageError("data holds no samples")
-    return {name: acc.result(name) for name, acc in accumulators.items()}
 
 
 def _buffer64(module: nn.Module, name: str) -> torch.Tensor | None:
@@ -273,7 +282,7 @@ def population_drift(model: nn.Module, data, *, split: str = "train", batch_size
                      device=None) -> DriftReport:
     """Every BN-like layer's running statistics next to population_stats(model, data), in the order the layers
     are first called (a drift early in the network changes what every later layer sees)."""
-    _, source = _inputs(data, split=split, batch_size=batch_size)
+    _, source = batches_of(data, split=split, batch_size=batch_size)
     stats = population_stats(model, data, split=split, batch_size=batch_size, device=device)
     layers = find_batchnorms(model)
     drifts, untracked = [], []

@@ -16,10 +16,10 @@ from torch.nn.parameter import is_lazy
 
 from bncheck.checks.guards import meant_frozen, select
 from bncheck.core.discover import find_batchnorms, layer_label
-from bncheck.core.errors import BNCheckUsageError, one_line
+from bncheck.core.errors import BNCheckUsageError
 from bncheck.core.state import clone
 from bncheck.training.data import model_device
-from bncheck.training.population import PopulationStats, _Accumulator, _inputs
+from bncheck.training.population import Accumulator, PopulationStats, batches_of, feed
 
 STATISTICS = ("running_mean", "running_var")
 
@@ -31,7 +31,7 @@ class _Stop(Exception):
 def _replayable(data, *, split: str, batch_size: int, batches: int | None):
     """A function giving the same batches on every call (one call per pass), and a description of them. A one-shot
     iterator, or the first `batches` batches of a loader (which may shuffle), are kept in a list."""
-    first, source = _inputs(data, split=split, batch_size=batch_size)
+    first, source = batches_of(data, split=split, batch_size=batch_size)
     if batches is not None:
         if batches < 1:
             raise BNCheckUsageError(f"batches={batches}: expected a positive integer or None (all)")
@@ -40,7 +40,7 @@ def _replayable(data, *, split: str, batch_size: int, batches: int | None):
     if isinstance(data, Iterator):
         kept = list(first)
         return (lambda: iter(kept)), source
-    return (lambda: _inputs(data, split=split, batch_size=batch_size)[0]), source
+    return (lambda: batches_of(data, split=split, batch_size=batch_size)[0]), source
 
 
 def _targets(model: nn.Module, layers) -> dict[str, nn.Module]:
@@ -77,7 +77,7 @@ class _Pass:
 
     def __init__(self, net: nn.Module, layers: dict[str, nn.Module], current: str | None, stop: bool):
         self.net, self.layers, self.current, self.stop = net, layers, current, stop
-        self.acc: dict[str, _Accumulator] = {}
+        self.acc: dict[str, Accumulator] = {}
         self.calls: dict[str, int] = {}  # forward calls per layer over the pass
         self.order: list[str] = []  # first calls, in order
         self.shared = False  # a layer called twice in one forward: its later inputs depend on its own statistics
@@ -92,7 +92,7 @@ class _Pass:
             x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
             if x is None:
                 return
-            self.acc.setdefault(name, _Accumulator()).add(x)
+            self.acc.setdefault(name, Accumulator()).add(x)
             self.calls[name] = self.calls.get(name, 0) + 1
             self._in_forward[name] = self._in_forward.get(name, 0) + 1
             self.shared |= self._in_forward[name] > 1
@@ -102,23 +102,11 @@ class _Pass:
 
     def run(self, batches, device) -> _Pass:
         handles = [m.register_forward_pre_hook(self._pre(n), with_kwargs=True) for n, m in self.layers.items()]
-        seen = 0
         try:
-            for x in batches:
-                self._in_forward.clear()
-                try:
-                    self.net(x.to(device))
-                except _Stop:
-                    pass
-                except Exception as exc:  # the model rejected the data: one line, not a traceback from its forward
-                    raise BNCheckUsageError(f"the model rejected a batch of shape {tuple(x.shape)}: "
-                                            f"{one_line(exc)}") from exc
-                seen += 1
+            feed(self.net, batches, device, before=self._in_forward.clear, stops=(_Stop,))
         finally:
             for h in handles:
                 h.remove()
-        if not seen:
-            raise BNCheckUsageError("data holds no samples")
         return self
 
 
