@@ -12,7 +12,7 @@ from torch.utils._pytree import tree_leaves
 from bncheck.core.capture import forward
 from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import find_batchnorms
-from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, one_line
+from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, assertion_helper, one_line
 from bncheck.core.state import clone, materialized, private_rng
 from bncheck.core.tolerances import Tolerance, dtype_name, tolerance
 
@@ -134,6 +134,7 @@ def _compare_gradients(run: _Run, outs, where: str, cause: str) -> None:
             run.compare(got, p.grad, where=where, quantity=f"gradient of {p_name}", cause=cause, axes=())
 
 
+@assertion_helper
 def assert_compile_matches(model: nn.Module, x, *, name: str = "", steps: int = 2,
                            backend: str | Callable = "inductor", seed: int = 0) -> None:
     """torch.compile(model) computes what eager does: the eval output (and no BN state change), then after `steps`

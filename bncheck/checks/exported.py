@@ -11,7 +11,7 @@ from torch.utils._pytree import tree_leaves
 from bncheck.core.capture import forward
 from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import find_batchnorms
-from bncheck.core.errors import BNCheckSkip, one_line
+from bncheck.core.errors import BNCheckSkip, assertion_helper, one_line
 from bncheck.core.state import clone, materialized
 from bncheck.core.tolerances import tolerance
 
@@ -51,6 +51,7 @@ def _statistics(model: nn.Module) -> dict[str, torch.Tensor]:
     return stats
 
 
+@assertion_helper
 def assert_export_matches(model: nn.Module, x, *, name: str = "", program=None) -> None:
     """torch.export.export of an eval copy of `model` (whatever mode the model is in: an exported program is for
     inference, and calling .eval() first is the exporter's job) gives the eager eval output and holds the running

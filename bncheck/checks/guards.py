@@ -9,7 +9,7 @@ from torch import nn
 
 from bncheck.checks.watch import AFFINE, COUNTER, STATISTICS, Change, Watch, describe_flips, watch
 from bncheck.core.discover import find_batchnorms, is_frozen, kind_of, layer_label
-from bncheck.core.errors import BNCheckError, BNCheckUsageError
+from bncheck.core.errors import BNCheckError, BNCheckUsageError, assertion_helper
 
 FROZEN_IN_TRAIN_MODE = (
     "the frozen layers ran in train mode: model.train() after freezing puts every layer back in train mode, and "
@@ -106,6 +106,7 @@ def _error(title: str, headline: str, lines: list[str], causes: list[str], layer
                         cause="; ".join(distinct), report=w)
 
 
+@assertion_helper
 def assert_bn_frozen(model: nn.Module, step: Callable, *, layers: str | Iterable[str] | None = None,
                      name: str = ""):
     """Run `step()` (the user's training step: it really changes the model) and assert that the BN layers meant to
@@ -136,6 +137,7 @@ def assert_bn_frozen(model: nn.Module, step: Callable, *, layers: str | Iterable
                  "frozen BN state", w)
 
 
+@assertion_helper
 def assert_eval_is_pure(model: nn.Module, evaluate: Callable, *, name: str = ""):
     """Run `evaluate()` (the user's evaluation routine) and assert that it moved no BN statistic, counter, γ or β
     and left every module's training flag as it found it. Returns what evaluate() returns."""
@@ -178,6 +180,7 @@ def _stale(w: Watch, layer: nn.Module, moved: list[Change]) -> str | None:
     return "; ".join(what)
 
 
+@assertion_helper
 def assert_stats_updated(model: nn.Module, step: Callable, *, layers: str | Iterable[str] | None = None,
                          name: str = ""):
     """Run `step()` (the user's training step) and assert that every BN layer that should train moved its running

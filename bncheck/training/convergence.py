@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from bncheck.core.errors import BNCheckError, BNCheckUsageError, one_line
+from bncheck.core.errors import BNCheckError, BNCheckUsageError, assertion_helper, one_line
 from bncheck.core.state import clone
 from bncheck.training.ablate import ablate
 from bncheck.training.data import Data, model_device
@@ -169,6 +169,7 @@ def _inconclusive(cmp: Comparison) -> BNCheckError | None:
     return None
 
 
+@assertion_helper
 def assert_converges_faster(model: nn.Module, data: Data, *, max_ratio: float = 0.8, require: str = "median",
                             **kwargs) -> Comparison:
     """Assert that `model` reaches the target in clearly fewer steps than its twin (by default its no-BN twin).
@@ -223,6 +224,7 @@ def _slower_cause(cmp: Comparison) -> str:
     return f"{cmp.label} is not clearly faster here (BN's benefit depends on depth, learning rate and optimizer)"
 
 
+@assertion_helper
 def assert_no_slower(model: nn.Module, data: Data, *, max_ratio: float = 1.25, **kwargs) -> Comparison:
     """Assert that `model` is not measurably slower than its twin: median steps ratio ≤ max_ratio."""
     cmp = compare_convergence(model, data, **kwargs)
@@ -235,6 +237,7 @@ def assert_no_slower(model: nn.Module, data: Data, *, max_ratio: float = 1.25, *
     return cmp
 
 
+@assertion_helper
 def assert_same_speed(model: nn.Module, data: Data, *, within: float = 1.25, **kwargs) -> Comparison:
     """Assert 'no measurable difference': the median steps ratio lies in [1/within, within]."""
     cmp = compare_convergence(model, data, **kwargs)
@@ -248,6 +251,7 @@ def assert_same_speed(model: nn.Module, data: Data, *, within: float = 1.25, **k
     return cmp
 
 
+@assertion_helper
 def assert_tolerates_higher_lr(model: nn.Module, data: Data, *, lr: float, margin: float = 0.02,
                                **kwargs) -> Comparison:
     """Assert that at learning rate `lr` the model still converges while its twin does not, or does worse.

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bncheck.core.discover import find_batchnorms, kind_of, layer_label
-from bncheck.core.errors import BNCheckError, BNCheckUsageError, one_line
+from bncheck.core.errors import BNCheckError, BNCheckUsageError, assertion_helper, one_line
 from bncheck.core.state import clone
 from bncheck.training.data import Data, model_device
 
@@ -300,6 +300,7 @@ def population_drift(model: nn.Module, data, *, split: str = "train", batch_size
     return DriftReport(source, drifts, untracked, not_called)
 
 
+@assertion_helper
 def assert_population_stats(model: nn.Module, data, *, mean_tol: float = MEAN_TOL, var_ratio: float = VAR_RATIO,
                             quantile: float = QUANTILE, name: str = "", **kwargs) -> DriftReport:
     """Assert that every BN-like layer's running statistics match its input's population statistics over `data`:

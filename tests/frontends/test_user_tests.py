@@ -27,3 +27,12 @@ def test_a_failing_assertion_shows_the_users_line_and_the_message_only(pytester)
     assert "bncheck/" not in section, section  # no frame of bncheck's own
     assert "assert_batch_stats(EpsOutside(4)" in section and "eps outside the sqrt" in section
     assert len(section.splitlines()) <= 20, section
+
+
+def test_every_public_assertion_hides_its_frames():
+    import bncheck
+
+    names = [name for name in bncheck.__all__ if name.startswith("assert_")]
+    assert len(names) > 30
+    unwrapped = [name for name in names if not hasattr(getattr(bncheck, name), "__wrapped__")]
+    assert unwrapped == [], "decorate them with bncheck.core.errors.assertion_helper"
