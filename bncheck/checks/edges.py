@@ -4,14 +4,12 @@ import contextlib
 
 import torch
 
-from bncheck.checks.eval import assert_eval_output
-from bncheck.checks.running import assert_running_stats
-from bncheck.checks.train import assert_batch_stats
+from bncheck.core import oracle
 from bncheck.core.compare import check_close, fail
 from bncheck.core.errors import BNCheckError, BNCheckSkip, assertion_helper, one_line
 from bncheck.core.harness import LayerCase, params, run
 from bncheck.core.state import clone
-from bncheck.core.threads import single_threaded
+from bncheck.core.threads import one_thread, single_threaded
 from bncheck.core.tolerances import tolerance
 
 LARGE_EPS = 0.1  # eps this large shows wherever a layer ignores its eps or adds it to the running variance
@@ -86,26 +84,55 @@ def assert_channel_mismatch_raises(layer, x, *, name: str = "", seed: int = 0) -
 
 @assertion_helper
 def assert_large_eps(layer, x, *, name: str = "", seed: int = 0) -> None:
-    """With eps = LARGE_EPS set on (a copy of) the layer, the train output, the running statistics and the eval
-    output still follow the contract: the layer reads its eps, and only inside the sqrt. Skips where the layer
-    fails the same check at its own eps: that item says what is wrong, and it is not the eps."""
+    """With eps = LARGE_EPS set on (a copy of) the layer, the train output, the running statistics after a train
+    step and the eval output follow the contract: the layer reads its eps, and only inside the sqrt. Skips where the
+    layer fails the same at its own eps: another item says what is wrong, and it is not the eps."""
     if not isinstance(getattr(layer, "eps", None), (int, float)):
         raise BNCheckSkip(f"{name or 'layer'}: no eps attribute to set")
     twin = clone(layer)
     twin.eps = LARGE_EPS
-    for check in (assert_batch_stats, assert_running_stats, assert_eval_output):
+    try:
+        with one_thread():
+            _follows_its_eps(twin, x, name=f"{name or 'layer'}, eps set to {LARGE_EPS:g}", seed=seed)
+    except BNCheckError as exc:
         try:
-            check(twin, x, name=f"{name or 'layer'}, eps set to {LARGE_EPS:g}", seed=seed)
-        except BNCheckSkip:
-            continue
-        except BNCheckError as exc:
-            try:
-                check(layer, x, name=name, seed=seed)
-            except (BNCheckError, BNCheckSkip):
-                item = check.__name__.removeprefix("assert_")
-                raise BNCheckSkip(f"{name or 'layer'}: fails {item} at its own eps {layer.eps:g} too (the "
-                                  f"{item} item says how): eps is not what is wrong") from None
-            raise exc from None
+            with one_thread():
+                _follows_its_eps(layer, x, name=name, seed=seed)
+        except BNCheckError:
+            raise BNCheckSkip(f"{name or 'layer'}: fails at its own eps {layer.eps:g} too (the batch_stats, "
+                              f"running_stats or eval_output item says how): eps is not what is wrong") from None
+        raise exc from None
+
+
+def _follows_its_eps(layer, x, *, name: str, seed: int) -> None:
+    """One train step and one eval forward per input, against the oracle with the layer's eps."""
+    case = LayerCase(layer, name, x, seed)
+    ignored = "the layer ignores its eps (uses 1e-5, PyTorch's default)"
+    for probe in case.inputs:
+        if not case.frozen:
+            twin = case.fresh()
+            weight, bias = params(twin)
+            state = oracle.RunningStats.of(twin) if case.tracks else None
+            y = run(twin, probe.x, train=True)
+            check_close(y, oracle.train_forward(probe.x, case.eps, weight, bias),
+                        where=case.where(probe, "train mode"), quantity="output", tol=tolerance(probe.x.dtype),
+                        axes=("sample", "channel"), cause="eps misplaced or not the layer's own",
+                        hypotheses=[(ignored, lambda: oracle.train_forward(probe.x, 1e-5, weight, bias))])
+            if state is not None:
+                after = oracle.update_running(state, probe.x, case.momentum)
+                check_close(twin.running_var, after.var, where=case.where(probe, "after a train step"),
+                            quantity="running_var", tol=tolerance(torch.float32),
+                            cause="eps is added to the running variance (it belongs only inside the sqrt)")
+        if case.tracks:
+            twin = case.fresh()
+            weight, bias = params(twin)
+            y = run(twin, probe.x, train=False)
+            expected = oracle.eval_forward(probe.x, twin.running_mean, twin.running_var, case.eps, weight, bias)
+            check_close(y, expected, where=case.where(probe, "eval mode"), quantity="output",
+                        tol=tolerance(probe.x.dtype), axes=("sample", "channel"),
+                        cause="eval mode does not add the layer's eps inside the sqrt", hypotheses=[
+                            (ignored, lambda: oracle.eval_forward(probe.x, twin.running_mean, twin.running_var, 1e-5,
+                                                                  weight, bias))])
 
 
 _GRAD_MODES = {"torch.no_grad()": torch.no_grad, "torch.inference_mode()": torch.inference_mode}

@@ -96,13 +96,17 @@ def warn_if_noisy(result: Result) -> None:
         warnings.warn(NoisyTimingWarning(busy_machine(threads_advice([result], THREADS_FLAG))), stacklevel=2)
 
 
+def require_pytest_benchmark(config: pytest.Config) -> None:
+    """A one-line usage error, before anything is collected, when pytest-benchmark is missing or disabled."""
+    if not config.pluginmanager.hasplugin("pytest_benchmark") and not config.pluginmanager.hasplugin("benchmark"):
+        raise pytest.UsageError("--bncheck-benchmark needs pytest-benchmark, installed (pip install "
+                                "'bncheck[bench]') and not disabled (-p no:benchmark)")
+
+
 def make_items(parent: pytest.Collector, cases: list[BenchCase]) -> list[pytest.Item]:
     """One pytest Function item per case, named `case.name`, under `parent`; each gets the `benchmark` fixture,
     the `bncheck` marker and a ("bncheck_bench", target) user property."""
-    if not parent.config.pluginmanager.hasplugin("pytest_benchmark") and \
-            not parent.config.pluginmanager.hasplugin("benchmark"):
-        raise pytest.UsageError("--bncheck-benchmark needs pytest-benchmark, installed (pip install "
-                                "'bncheck[bench]') and not disabled (-p no:benchmark)")
+    require_pytest_benchmark(parent.config)
     items = []
     for case in cases:
         item = pytest.Function.from_parent(parent, name=case.name, callobj=item_function(case))

@@ -93,6 +93,10 @@ def pytest_sessionstart(session):
     from bncheck.run.plan import Plan
     from bncheck.run.settings import bench_settings_from, settings_from
 
+    if _setting(config, "benchmark"):
+        from bncheck.frontends.bench_items import require_pytest_benchmark
+
+        require_pytest_benchmark(config)
     given = {option.name: _given(config, option.name) for option in OPTIONS}
     bench_given = {option.name: _given(config, _BENCH + option.name) for option in BENCH_OPTIONS}
     try:

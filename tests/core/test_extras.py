@@ -32,3 +32,9 @@ def test_the_data_sets_and_the_strategies_name_their_extra():
         done = subprocess.run([sys.executable, "-c", code.format(blocked, statement)], capture_output=True,
                               text=True)
         assert done.stdout.strip().endswith(f"pip install 'bncheck[{extra}]'"), done.stdout + done.stderr
+
+
+def test_the_benchmark_items_without_pytest_benchmark_are_one_usage_error_before_anything_runs(bnmodels):
+    result = bnmodels.runpytest("--bncheck-model=bnmodels:net", "--bncheck-benchmark", "-p", "no:benchmark")
+    assert_usage_error(result, "--bncheck-benchmark needs pytest-benchmark", "pip install 'bncheck[bench]'")
+    assert "collected" not in result.stdout.str()
