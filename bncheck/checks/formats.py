@@ -12,7 +12,7 @@ from bncheck.core.errors import BNCheckSkip, BNCheckWarning, assertion_helper, o
 from bncheck.core.harness import LayerCase, params, run
 from bncheck.core.reference import torch_batch_norm, torch_output
 from bncheck.core.threads import single_threaded
-from bncheck.core.tolerances import LOW_PRECISION, dtype_name, runs_batch_norm, tolerance
+from bncheck.core.tolerances import FUSION, LOW_PRECISION, dtype_name, runs_batch_norm, tolerance
 
 
 @assertion_helper
@@ -91,6 +91,17 @@ def assert_memory_format(layer, x, *, name: str = "", seed: int = 0) -> None:
                             axes=("sample", "channel") if k == 0 else ("channel",), cause=cause)
 
 
+def _layout_precision(case: LayerCase, x: torch.Tensor):
+    """(dtype, tolerance) to compare layouts in: float64 where the layer runs in it; else x's dtype, at FUSION's
+    bound for reductions over the batch (dγ, dβ, statistics sum hundreds of terms in another order)."""
+    try:
+        with torch.no_grad():
+            case.fresh(torch.float64).train(not case.frozen)(x[:2].double())
+        return torch.float64, tolerance(torch.float64)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return x.dtype, FUSION
+
+
 def _layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Non-contiguous inputs a user's model hands BN: strides permuted (a transpose made back), a strided slice of
     a wider tensor, and, with spatial dims, one position expanded along the last (stride 0; along the batch it would
@@ -123,23 +134,27 @@ def _outcome(twin, x: torch.Tensor, dy: torch.Tensor, train: bool) -> list[tuple
 @single_threaded
 def assert_non_contiguous(layer, x, *, name: str = "", seed: int = 0) -> None:
     """A non-contiguous input (transposed, sliced, expanded) gives the same output, running statistics and
-    gradients as its contiguous copy, in train and eval mode."""
+    gradients as its contiguous copy, in train and eval mode; in float64 where the layer runs in it, so that a
+    kernel's summation order (strided and contiguous kernels reduce in different orders) decides nothing."""
     case = LayerCase(layer, name, x, seed)
     probe = case.inputs[0]
-    dy = torch.randn(probe.x.shape, generator=torch.Generator().manual_seed(case.seed + 2)).to(probe.x)
-    for layout, strided in _layouts(probe.x).items():
+    dtype, tol = _layout_precision(case, probe.x)
+    xs = probe.x.to(dtype)
+    dy = torch.randn(xs.shape, generator=torch.Generator().manual_seed(case.seed + 2), dtype=torch.float64).to(xs)
+    for layout, strided in _layouts(xs).items():
         for train in ([False] if case.frozen else [True, False]):
             where = case.where(probe, f"{layout} ({'non-' if not strided.is_contiguous() else ''}contiguous, "
-                                      f"strides {strided.stride()})", "train mode" if train else "eval mode")
-            expected = _outcome(case.fresh(), strided.contiguous(), dy, train)
+                                      f"strides {strided.stride()}, {dtype_name(dtype)})",
+                               "train mode" if train else "eval mode")
+            expected = _outcome(case.fresh(dtype), strided.contiguous(), dy, train)
             try:
-                got = _outcome(case.fresh(), strided, dy, train)
+                got = _outcome(case.fresh(dtype), strided, dy, train)
             except Exception as exc:
                 raise fail(where, f"raised {one_line(exc)}",
                            "x.view(...) on an input that is not contiguous: use x.reshape(...) (or x.contiguous() "
                            "first)") from exc
             for (quantity, a), (_, b) in zip(got, expected):
                 check_close(a, b, where=where, quantity=f"{quantity} vs the contiguous copy",
-                            tol=tolerance(probe.x.dtype), axes=("sample", "channel") if a.dim() > 1 else ("channel",),
+                            tol=tol, axes=("sample", "channel") if a.dim() > 1 else ("channel",),
                             cause="the layer reads memory as if contiguous (ignores strides: a raw data pointer, "
                                   "as_strided, or a kernel without .contiguous())")

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from planted.correct import BatchNormAct2d
+from planted.layers import StridesIgnored, build
 from planted.models import (
     EvalEpsOutsideSqrtAct,
     EvalMovesRunningMean,
@@ -32,6 +33,7 @@ from bncheck import (
     assert_eval_single_sample,
     assert_fusion_matches,
     assert_memory_format,
+    assert_non_contiguous,
     assert_state_dict_roundtrip,
 )
 from bncheck.core.state import Snapshot
@@ -210,3 +212,16 @@ def test_a_model_of_two_inputs_runs_from_the_factory_form_and_the_plain_spec_say
     result.stderr.fnmatch_lines(["*bnmodels:two_inputs: the model rejected the example input (8, 3, 8, 8): TypeError*"
                                  " (a model that takes several inputs needs them as a "
                                  "tuple: a factory returning (module, (input1, input2, ...))*"])
+
+
+# 11. layouts are compared in float64: strided and contiguous kernels sum in different orders -----------------------
+
+def test_non_contiguous_inputs_are_compared_in_float64_where_the_layer_runs_in_it():
+    """In float32 a Mask R-CNN head's BN once differed in dγ by 6e-4 (relative) between an expanded input and its
+    contiguous copy: torch's own two kernels summing 784 terms in different orders. Compared in float64, only a
+    layer that really ignores strides differs; a layer without float64 kernels is compared at FUSION's bound."""
+    x = _x(4, 16, 14, 14, offset=50.0)
+    assert_non_contiguous(nn.BatchNorm2d(16), x, name="bn")
+    layer, probe = build(StridesIgnored)
+    with pytest.raises(BNCheckError, match=r"transposed \(non-contiguous, strides .*, float64\)"):
+        assert_non_contiguous(layer, probe, name="mutant")
