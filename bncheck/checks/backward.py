@@ -5,7 +5,7 @@ import torch
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, matches
 from bncheck.core.errors import BNCheckError, assertion_helper
-from bncheck.core.harness import LayerCase, params, run
+from bncheck.core.harness import LayerCase, layer_case, params, run
 from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import tolerance
 
@@ -33,7 +33,7 @@ _CAUSE = "a broken backward: a detached statistic, a custom autograd.Function, o
 @single_threaded
 def assert_backward(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Gradients of the output w.r.t. x, γ and β equal the oracle's, in train mode and (when tracking) eval mode."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     modes = ([] if case.frozen else [True]) + ([False] if case.tracks else [])
     gen = torch.Generator().manual_seed(case.seed + 1)
     for probe in case.inputs:

@@ -7,7 +7,7 @@ import torch
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, fail
 from bncheck.core.errors import BNCheckError, BNCheckSkip, assertion_helper, one_line
-from bncheck.core.harness import LayerCase, params, run
+from bncheck.core.harness import LayerCase, layer_case, params, run
 from bncheck.core.state import clone
 from bncheck.core.threads import one_thread, single_threaded
 from bncheck.core.tolerances import tolerance
@@ -34,7 +34,7 @@ def _statistics(layer) -> dict[str, torch.Tensor]:
 def assert_empty_batch(layer, x, *, name: str = "", seed: int = 0) -> None:
     """A batch of N = 0 gives an empty output of the input's shape in train and eval mode, and leaves the running
     statistics as they were (as torch does: detection heads with no region left rely on it)."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     empty = case.inputs[0].x[:0]
     for train in _modes(case):
         twin = case.fresh()
@@ -63,7 +63,7 @@ def assert_empty_batch(layer, x, *, name: str = "", seed: int = 0) -> None:
 def assert_channel_mismatch_raises(layer, x, *, name: str = "", seed: int = 0) -> None:
     """An input whose channel count differs from the layer's (C + 1 channels; 1 channel too, except for a frozen BN,
     whose plain broadcasting torchvision accepts) raises in train and eval mode instead of broadcasting."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     twin = case.fresh()
     if not any(isinstance(t, torch.Tensor) for t in (*params(twin), *_statistics(twin).values())):
         raise BNCheckSkip(f"{case.title}: no per-channel γ, β or statistics: any channel count is valid")
@@ -106,7 +106,7 @@ def assert_large_eps(layer, x, *, name: str = "", seed: int = 0) -> None:
 
 def _follows_its_eps(layer, x, *, name: str, seed: int) -> None:
     """One train step and one eval forward per input, against the oracle with the layer's eps."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     ignored = "the layer ignores its eps (uses 1e-5, PyTorch's default)"
     for probe in case.inputs:
         if not case.frozen:
@@ -154,7 +154,7 @@ def assert_grad_modes(layer, x, *, name: str = "", seed: int = 0) -> None:
     """The autograd mode changes nothing: under torch.no_grad() and torch.inference_mode() the output and the
     running statistics are those of a forward with gradients enabled on a requires_grad input, in train mode
     (batch statistics, statistics updated) and in eval mode (running statistics)."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     probe = case.inputs[0]
     for train in _modes(case):
         expected = _in_grad_mode(case.fresh(), probe.x, train)

@@ -12,7 +12,7 @@ from bncheck.core.capture import forward
 from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import find_batchnorms
 from bncheck.core.errors import BNCheckSkip, BNCheckUsageError, assertion_helper, one_line
-from bncheck.core.harness import LayerCase, params, run
+from bncheck.core.harness import LayerCase, layer_case, params, run
 from bncheck.core.reference import torch_output
 from bncheck.core.state import Snapshot, clone, materialized
 from bncheck.core.threads import one_thread, single_threaded
@@ -28,7 +28,7 @@ def _modes(case: LayerCase) -> list[bool]:
 @single_threaded
 def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Eval output is (x − running_mean)/sqrt(running_var + eps)·γ + β; batch stats when not tracking."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     for probe in case.inputs:
         for train in _modes(case):
             twin = case.fresh()
@@ -69,7 +69,7 @@ assert_eval_no_state_change = assert_eval_state_unchanged  # its name for a whol
 
 
 def _layer_eval_state(layer, x, *, name: str, seed: int) -> None:
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     for probe in case.inputs:
         for train in _modes(case):
             twin = case.fresh()

@@ -9,7 +9,7 @@ import torch
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, deviation, fail
 from bncheck.core.errors import BNCheckSkip, BNCheckWarning, assertion_helper, one_line
-from bncheck.core.harness import LayerCase, params, run
+from bncheck.core.harness import LayerCase, layer_case, params, run
 from bncheck.core.reference import torch_batch_norm, torch_output
 from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import FUSION, LOW_PRECISION, dtype_name, runs_batch_norm, tolerance
@@ -23,7 +23,7 @@ def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISIO
     another dtype than the input's is a BNCheckWarning, not a failure. The layer runs with float32 state, as mixed
     precision runs it (a float64 layer too); a frozen BN, whose γ, β and statistics are plain buffers that type
     promotion would widen, is cast to the input dtype, as users run it."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     usable = [d for d in dtypes if runs_batch_norm(str(x.device), d)]
     if not usable:
         raise BNCheckSkip(f"{case.title}: torch runs no BN in {', '.join(map(str, dtypes))} on {x.device}")
@@ -64,7 +64,7 @@ def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISIO
 @single_threaded
 def assert_memory_format(layer, x, *, name: str = "", seed: int = 0) -> None:
     """channels_last input gives the same output and running statistics as contiguous input."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     if x.dim() not in (4, 5):
         raise BNCheckSkip(f"{case.title}: channels_last applies to 4-D and 5-D inputs only, got {x.dim()}-D")
     fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
@@ -114,16 +114,19 @@ def _layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return layouts
 
 
-def _outcome(twin, x: torch.Tensor, dy: torch.Tensor, train: bool) -> list[tuple[str, torch.Tensor]]:
-    """(quantity, value) of a forward and backward on x as given (no copy: its strides are the point)."""
+def _outcome(twin, x: torch.Tensor, dy: torch.Tensor, train: bool, backward: bool) -> list[tuple[str, torch.Tensor]]:
+    """(quantity, value) of a forward (and a backward) on x as given (no copy: its strides are the point)."""
     twin.train(train)
-    x = x.detach().requires_grad_(True)
-    y = twin(x)
-    y.backward(dy)
-    out = [("output", y.detach().clone()), ("dx (gradient w.r.t. the input)", x.grad)]
-    weight, bias = params(twin)
-    out += [(q, p.grad) for q, p in (("dγ (weight.grad)", weight), ("dβ (bias.grad)", bias))
-            if isinstance(p, torch.nn.Parameter) and p.grad is not None]
+    x = x.detach().requires_grad_(backward)
+    with torch.set_grad_enabled(backward):
+        y = twin(x)
+    out = [("output", y.detach().clone())]
+    if backward:
+        y.backward(dy)
+        weight, bias = params(twin)
+        out += [("dx (gradient w.r.t. the input)", x.grad)]
+        out += [(q, p.grad) for q, p in (("dγ (weight.grad)", weight), ("dβ (bias.grad)", bias))
+                if isinstance(p, torch.nn.Parameter) and p.grad is not None]
     if train:
         out += [(key, getattr(twin, key).detach().clone()) for key in ("running_mean", "running_var")
                 if isinstance(getattr(twin, key, None), torch.Tensor)]
@@ -133,27 +136,32 @@ def _outcome(twin, x: torch.Tensor, dy: torch.Tensor, train: bool) -> list[tuple
 @assertion_helper
 @single_threaded
 def assert_non_contiguous(layer, x, *, name: str = "", seed: int = 0) -> None:
-    """A non-contiguous input (transposed, sliced, expanded) gives the same output, running statistics and
-    gradients as its contiguous copy, in train and eval mode; in float64 where the layer runs in it, so that a
-    kernel's summation order (strided and contiguous kernels reduce in different orders) decides nothing."""
-    case = LayerCase(layer, name, x, seed)
+    """A non-contiguous input (transposed, sliced, expanded) gives the same output as its contiguous copy in train
+    and eval mode, and the same running statistics and gradients in train mode (a frozen BN: in eval mode); in
+    float64 where the layer runs in it, so that a kernel's summation order (strided and contiguous kernels reduce in
+    different orders) decides nothing."""
+    case = layer_case(layer, name, x, seed)
     probe = case.inputs[0]
     dtype, tol = _layout_precision(case, probe.x)
     xs = probe.x.to(dtype)
     dy = torch.randn(xs.shape, generator=torch.Generator().manual_seed(case.seed + 2), dtype=torch.float64).to(xs)
+    expected = {}  # the contiguous copy's outcome, per mode and values (transposed and sliced hold x's values)
     for layout, strided in _layouts(xs).items():
         for train in ([False] if case.frozen else [True, False]):
             where = case.where(probe, f"{layout} ({'non-' if not strided.is_contiguous() else ''}contiguous, "
                                       f"strides {strided.stride()}, {dtype_name(dtype)})",
                                "train mode" if train else "eval mode")
-            expected = _outcome(case.fresh(dtype), strided.contiguous(), dy, train)
+            backward = train or case.frozen  # eval-mode gradients are elementwise: the train ones show strides
+            key = (train, layout == "expanded")
+            if key not in expected:
+                expected[key] = _outcome(case.fresh(dtype), strided.contiguous(), dy, train, backward)
             try:
-                got = _outcome(case.fresh(dtype), strided, dy, train)
+                got = _outcome(case.fresh(dtype), strided, dy, train, backward)
             except Exception as exc:
                 raise fail(where, f"raised {one_line(exc)}",
                            "x.view(...) on an input that is not contiguous: use x.reshape(...) (or x.contiguous() "
                            "first)") from exc
-            for (quantity, a), (_, b) in zip(got, expected):
+            for (quantity, a), (_, b) in zip(got, expected[key]):
                 check_close(a, b, where=where, quantity=f"{quantity} vs the contiguous copy",
                             tol=tol, axes=("sample", "channel") if a.dim() > 1 else ("channel",),
                             cause="the layer reads memory as if contiguous (ignores strides: a raw data pointer, "

@@ -6,7 +6,7 @@ from bncheck.core import oracle
 from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import unregistered_statistics
 from bncheck.core.errors import assertion_helper
-from bncheck.core.harness import LayerCase, run
+from bncheck.core.harness import LayerCase, layer_case, run
 from bncheck.core.state import Snapshot
 from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import tolerance
@@ -46,7 +46,7 @@ def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
     with momentum=None, m = 1/num_batches_tracked. Checks the layer's momentum, None for torch's BN family, and 0
     (statistics frozen while training) for any layer with a momentum; and with track_running_stats switched off
     at run time, no update at all."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     case.require_train_mode()
     case.require_running_stats()
     for momentum in case.momenta:
@@ -92,7 +92,7 @@ def assert_statistics_registered(layer, x, *, name: str = "", seed: int = 0) -> 
     """running_mean and running_var are registered buffers (or registered None), not plain tensor attributes."""
     plain = unregistered_statistics(layer)
     if plain:
-        case = LayerCase(layer, name, x, seed)
+        case = layer_case(layer, name, x, seed)
         verb = "is a plain tensor attribute" if len(plain) == 1 else "are plain tensor attributes"
         raise fail(case.title, f"{' and '.join(plain)} {verb}, not registered buffers: state_dict() does not save "
                    f"them and .to(device) leaves them behind",

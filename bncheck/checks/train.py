@@ -7,7 +7,7 @@ import torch
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, fail
 from bncheck.core.errors import assertion_helper
-from bncheck.core.harness import LayerCase, params, run
+from bncheck.core.harness import layer_case, params, run
 from bncheck.core.reference import torch_output
 from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import tolerance
@@ -17,7 +17,7 @@ from bncheck.core.tolerances import tolerance
 @single_threaded
 def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
     """With γ=1, β=0 in train mode, each channel's output has mean 0 and std sqrt(var/(var+eps)) ≈ 1."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     case.require_train_mode()
     for probe in case.inputs:
         twin = case.fresh()
@@ -46,7 +46,7 @@ def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
 @single_threaded
 def assert_batch_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Train-mode output equals the oracle: (x − mean)/sqrt(var_biased + eps)·γ + β with the layer's own eps."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     case.require_train_mode()
     for probe in case.inputs:
         twin = case.fresh()
@@ -117,7 +117,7 @@ def _affine(x_hat, weight, bias, x, swapped=False):
 @single_threaded
 def assert_single_value_raises(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Train mode with one value per channel (n = 1) raises instead of returning garbage."""
-    case = LayerCase(layer, name, x, seed)
+    case = layer_case(layer, name, x, seed)
     case.require_train_mode()
     one = x.detach()[(slice(0, 1), slice(None)) + (slice(0, 1),) * (x.dim() - 2)]
     try:

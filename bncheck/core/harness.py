@@ -1,11 +1,13 @@
 """A layer under test: the user's layer (never touched), its inputs, and prepared copies to run checks on."""
 
 import copy
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.parameter import is_lazy
 
 from bncheck.core.discover import is_frozen, kind_of
 from bncheck.core.errors import BNCheckSkip, BNCheckUsageError
@@ -112,11 +114,75 @@ class LayerCase:
     def fresh(self, dtype: torch.dtype | None = None) -> nn.Module:
         """A new copy of the prepared layer (see _prepared), in `dtype` if given: every run starts from the same
         state, and the user's layer is never touched."""
-        twin = copy.deepcopy(self._template)
+        twin = copied(self._template)
         if dtype is not None:
             twin.to(dtype)
         return twin
 
+
+
+_CASES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(layer: nn.Module) -> tuple:
+    """What a LayerCase is built from, beside the input: every tensor's identity and version counter (bumped by
+    any in-place change) and the plain attributes (eps, momentum, ...)."""
+    tensors = tuple((name, t.data_ptr(), t._version) for name, t in layer.state_dict(keep_vars=True).items()
+                    if isinstance(t, torch.Tensor) and not is_lazy(t))
+    plain = tuple((k, v) for k, v in vars(layer).items() if isinstance(v, (bool, int, float, str, type(None))))
+    return tensors, plain
+
+
+def layer_case(layer: nn.Module, name: str, x: torch.Tensor, seed: int = 0) -> LayerCase:
+    """LayerCase(layer, name, x, seed), shared by the checks that run one after another on the same layer and input
+    while neither changed: building one (a prepared copy, the probes) is what checks of small layers spend most on,
+    and every check works on copies of its template."""
+    key = (name, seed, _fingerprint(layer))
+    cached = _CASES.get(layer)
+    if cached is not None and cached[0] == key and cached[1] is x and cached[2] == x._version:
+        return cached[3]
+    case = LayerCase(layer, name, x, seed)
+    _CASES[layer] = (key, x, x._version, case)
+    return case
+
+
+_SIMPLE = (bool, int, float, str, type(None), torch.dtype, torch.device)
+
+
+def _plain(value) -> bool:
+    return isinstance(value, _SIMPLE) or (isinstance(value, tuple) and all(isinstance(v, _SIMPLE) for v in value))
+
+
+def copied(module: nn.Module) -> nn.Module:
+    """A deep copy of `module`, fast for a module made of tensors, plain values and such children (a BN layer):
+    the checks copy each prepared layer thousands of times, and copy.deepcopy spends most of its time on the
+    module's bookkeeping. Anything else (a custom __deepcopy__, other attributes) goes through copy.deepcopy."""
+    if hasattr(type(module), "__deepcopy__") or any(type(p) is not nn.Parameter
+                                                    for p in module._parameters.values() if p is not None):
+        return copy.deepcopy(module)
+    fields = {}
+    for key, value in vars(module).items():
+        if key == "_parameters":
+            value = {k: None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad)
+                     for k, p in value.items()}
+        elif key == "_buffers":
+            value = {k: None if b is None else b.clone() for k, b in value.items()}
+        elif key == "_modules":
+            value = {k: None if m is None else copied(m) for k, m in value.items()}
+        elif isinstance(value, torch.Tensor):
+            value = value.clone()
+        elif isinstance(value, dict):
+            if any(not _plain(v) and not callable(v) for v in value.values()):
+                return copy.deepcopy(module)
+            value = type(value)(value)
+        elif isinstance(value, set) and all(_plain(v) for v in value):
+            value = set(value)
+        elif not _plain(value):
+            return copy.deepcopy(module)
+        fields[key] = value
+    twin = object.__new__(type(module))
+    twin.__dict__.update(fields)
+    return twin
 
 
 def nonfinite(x: torch.Tensor) -> str:
