@@ -7,8 +7,8 @@ import unittest
 class BNCheckError(AssertionError):
     """A BatchNorm layer or model broke the contract; the message says where, what, and why, and the fields hold
     the same as data: `where` (layer, input, mode), `quantity`, `expected` and `got` (the worst element's values),
-    `index` (that element, by axis name), `tolerance`, `cause` (the likely cause), and `report` (the Comparison or
-    DriftReport of a convergence or population assertion). A field a failure does not have is None."""
+    `index` (that element, by axis name), `tolerance`, `cause` (the likely cause), and `report` (the Comparison,
+    DriftReport or Watch of a convergence, population or guard assertion). A field a failure does not have is None."""
 
     def __init__(self, message: str, *, where: str | None = None, quantity: str | None = None,
                  expected: float | None = None, got: float | None = None, index: str | None = None,
