@@ -278,24 +278,24 @@ class FrozenByTrainOverride(Detector):
         return self
 
 
-def train_step(model, optimizer, x, y):
-    """A correct training step: model.train(), then one optimizer step on the cross-entropy; returns the loss."""
-    model.train()
+def _optimizer_step(model, optimizer, x, y) -> float:
     loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     return loss.item()
+
+
+def train_step(model, optimizer, x, y):
+    """A correct training step: model.train(), then one optimizer step on the cross-entropy; returns the loss."""
+    model.train()
+    return _optimizer_step(model, optimizer, x, y)
 
 
 def train_step_in_eval_mode(model, optimizer, x, y):
     """runs the step in eval mode ('no dropout'), so BN statistics never update (caught_by assert_stats_updated)."""
     model.eval()
-    loss = F.cross_entropy(model(x), y)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    return _optimizer_step(model, optimizer, x, y)
 
 
 def evaluate(model, x):

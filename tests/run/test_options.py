@@ -16,14 +16,16 @@ from bncheck.run.options import BENCH_OPTIONS, OPTIONS
 from bncheck.run.settings import BenchSettings, Settings, bench_settings_from, settings_from
 
 
-def test_every_option_is_a_plugin_flag_an_ini_key_and_a_cli_flag(pytester, capsys):
+@pytest.mark.parametrize("table, prefix, command", [(OPTIONS, "bncheck", "check"),
+                                                    (BENCH_OPTIONS, "bncheck-bench", "bench")], ids=["checks", "bench"])
+def test_every_option_is_a_plugin_flag_an_ini_key_and_a_cli_flag(pytester, capsys, table, prefix, command):
     help_text = pytester.runpytest("--help").stdout.str()
     with pytest.raises(SystemExit):
-        main(["check", "--help"])
+        main([command, "--help"])
     cli_help = capsys.readouterr().out
-    for option in OPTIONS:
-        assert f"--bncheck-{option.dashed()}" in help_text, option.name
-        assert f"bncheck_{option.name} " in help_text, option.name
+    for option in table:
+        assert f"--{prefix}-{option.dashed()}" in help_text, option.name
+        assert f"{prefix.replace('-', '_')}_{option.name} " in help_text, option.name
         assert f"--{option.dashed()}" in cli_help, option.name
 
 
@@ -61,16 +63,8 @@ def test_the_cli_reaches_the_options_the_plugin_has(capsys):
 
 # ------------------------------------------------------------------------------------------------ benchmark knobs
 
-def test_every_bench_option_is_a_plugin_flag_an_ini_key_and_a_bench_cli_flag(pytester, capsys):
+def test_the_bench_table_names_its_own_options_and_bncheck_benchs_defaults():
     assert not {o.name for o in OPTIONS} & {o.name for o in BENCH_OPTIONS}  # a bad value's field names one flag
-    help_text = pytester.runpytest("--help").stdout.str()
-    with pytest.raises(SystemExit):
-        main(["bench", "--help"])
-    cli_help = capsys.readouterr().out
-    for option in BENCH_OPTIONS:
-        assert f"--bncheck-bench-{option.dashed()}" in help_text, option.name
-        assert f"bncheck_bench_{option.name} " in help_text, option.name
-        assert f"--{option.dashed()}" in cli_help, option.name
     # the help of the torch-free table states bncheck.bench's own choices and defaults
     helps = {option.name: option.help for option in BENCH_OPTIONS}
     assert ",".join(MODES) in helps["modes"] and ",".join(MEMORY_FORMATS) in helps["memory_format"]
