@@ -7,11 +7,10 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
-from bncheck.core.capture import forward
+from bncheck.core.capture import float_leaves, forward
 from bncheck.core.compare import check_close, fail
-from bncheck.core.discover import find_batchnorms
+from bncheck.core.discover import STATISTICS, find_batchnorms
 from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, assertion_helper, one_line
 from bncheck.core.state import clone, materialized, private_rng
 from bncheck.core.tolerances import Tolerance, dtype_name, tolerance
@@ -19,11 +18,6 @@ from bncheck.core.tolerances import Tolerance, dtype_name, tolerance
 # A model that does not run in float64 is compared in its own dtype, compiled with eager, at this
 # many times the dtype's tolerance: inductor's reordered sums round differently from eager's.
 OWN_DTYPE_FACTOR = 10.0
-STATISTICS = ("running_mean", "running_var")
-
-
-def _floats(out) -> list[torch.Tensor]:
-    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
 def _to64(x):
@@ -60,10 +54,10 @@ class _Run:
         self.eager.train(train)
         self.compiled.train(train)
         with private_rng(self.seed):
-            eager = _floats(forward(self.eager, self.x))
+            eager = float_leaves(forward(self.eager, self.x))
         with private_rng(self.seed), self._compiling():
             try:
-                compiled = _floats(self.compiled(*self.x) if isinstance(self.x, tuple) else self.compiled(self.x))
+                compiled = float_leaves(self.compiled(*self.x) if isinstance(self.x, tuple) else self.compiled(self.x))
             except Exception as exc:  # eager ran this very input: the failure is the compiler's, not BN's
                 backend = getattr(self.backend, "__name__", self.backend)
                 inner = getattr(exc, "inner_exception", None)  # what the backend raised, inside dynamo's wrapper

@@ -5,10 +5,9 @@ import functools
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
 from bncheck.core import oracle
-from bncheck.core.capture import forward
+from bncheck.core.capture import float_leaves, forward
 from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import find_batchnorms
 from bncheck.core.errors import BNCheckSkip, BNCheckUsageError, assertion_helper, one_line
@@ -83,10 +82,6 @@ def _layer_eval_state(layer, x, *, name: str, seed: int) -> None:
                            "running statistics updated outside train mode")
 
 
-def _floats(tree) -> list[torch.Tensor]:
-    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-
-
 def _batch_size(x) -> int | None:
     """N of an input batch (a tensor, or a tuple of arguments whose first tensor is batched); None if none."""
     first = next((t for t in (x if isinstance(x, tuple) else (x,)) if isinstance(t, torch.Tensor)), None)
@@ -106,8 +101,8 @@ def _per_sample(model: nn.Module, x, n: int) -> list[list[torch.Tensor]]:
     with torch.no_grad():
         out = forward(model, x)
     if isinstance(out, (list, tuple)) and len(out) == n and not any(isinstance(o, torch.Tensor) for o in out):
-        return [_floats(o) for o in out]
-    return [[t[i:i + 1] for t in _floats(out)] for i in range(n)]
+        return [float_leaves(o) for o in out]
+    return [[t[i:i + 1] for t in float_leaves(out)] for i in range(n)]
 
 
 _BATCH_STATS_IN_EVAL = ("eval mode still uses batch statistics somewhere (a layer left in train mode, a functional "

@@ -6,20 +6,13 @@ import copy
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
-from bncheck.core.capture import forward
+from bncheck.core.capture import float_leaves, forward
 from bncheck.core.compare import check_close, fail
-from bncheck.core.discover import find_batchnorms
+from bncheck.core.discover import STATISTICS, find_batchnorms
 from bncheck.core.errors import BNCheckSkip, assertion_helper, one_line
 from bncheck.core.state import clone, materialized
 from bncheck.core.tolerances import tolerance
-
-STATISTICS = ("running_mean", "running_var")
-
-
-def _floats(out) -> list[torch.Tensor]:
-    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
 def batch_statistics_ops(program) -> list[str]:
@@ -86,8 +79,8 @@ def assert_export_matches(model: nn.Module, x, *, name: str = "", program=None) 
                    "the model was exported in train mode (call .eval() before torch.export.export), or its forward "
                    "forces training=True when exporting (a branch on torch.compiler.is_exporting())")
     with torch.no_grad():
-        expected = _floats(forward(twin, x))
-        got = _floats(program.module()(*args))
+        expected = float_leaves(forward(twin, x))
+        got = float_leaves(program.module()(*args))
     if len(got) != len(expected):
         raise fail(where, f"the program returns {len(got)} floating-point outputs, eager {len(expected)}",
                    "the exported forward is not the eager one")

@@ -9,11 +9,10 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from bncheck.checks.eval import assert_eval_single_sample, assert_eval_state_unchanged
 from bncheck.checks.model_statistics import assert_model_running_stats
-from bncheck.core.capture import capture, forward
+from bncheck.core.capture import capture, float_leaves, forward
 from bncheck.core.compare import check_close, fail, matches
 from bncheck.core.discover import find_batchnorms, is_frozen
 from bncheck.core.errors import BNCheckSkip, assertion_helper
@@ -28,8 +27,7 @@ def _run(model: nn.Module, x, *, train: bool | None, grad: bool = False) -> list
     if train is not None:
         model.train(train)
     with torch.set_grad_enabled(grad):
-        out = forward(model, x)
-    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        return float_leaves(forward(model, x))
 
 
 def _title(model, name):

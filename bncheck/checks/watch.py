@@ -15,9 +15,8 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from bncheck.core.compare import deviation
-from bncheck.core.discover import find_batchnorms, kind_of, layer_label
+from bncheck.core.discover import STATISTICS, find_batchnorms, kind_of, layer_label
 
-STATISTICS = ("running_mean", "running_var")
 COUNTER = "num_batches_tracked"
 AFFINE = ("weight", "bias")
 QUANTITIES = (*STATISTICS, COUNTER, *AFFINE)

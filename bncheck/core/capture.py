@@ -23,6 +23,11 @@ class Capture:
     output: object
 
 
+def float_leaves(out) -> list[torch.Tensor]:
+    """The floating-point tensors of a model's output (a tensor, or any nest of tuples, lists and dicts)."""
+    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
 def forward(model: nn.Module, example_input):
     """model(example_input), a tuple example being the positional arguments."""
     return model(*example_input) if isinstance(example_input, tuple) else model(example_input)

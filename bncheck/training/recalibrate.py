@@ -15,13 +15,11 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from bncheck.checks.guards import meant_frozen, select
-from bncheck.core.discover import find_batchnorms, layer_label
+from bncheck.core.discover import STATISTICS, find_batchnorms, layer_label
 from bncheck.core.errors import BNCheckUsageError
 from bncheck.core.state import clone
 from bncheck.training.data import model_device
 from bncheck.training.population import Accumulator, PopulationStats, batches_of, feed
-
-STATISTICS = ("running_mean", "running_var")
 
 
 class _Stop(Exception):
