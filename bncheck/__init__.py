@@ -33,7 +33,8 @@ _EXPORTS = {
     **dict.fromkeys(["find_batchnorms", "is_batchnorm", "kind_of"], "core.discover"),
     "capture": "core.capture",
     # errors
-    **dict.fromkeys(["BNCheckError", "BNCheckSkip", "BNCheckUsageError", "BNCheckWarning"], "core.errors"),
+    **dict.fromkeys(["BNCheckError", "BNCheckSkip", "BNCheckUsageError", "BNCheckWarning", "BNConformanceWarning"],
+                    "core.errors"),
     # convergence, ablation, data, population statistics, synchronized BN
     **dict.fromkeys(["ablate", "bn_after_activation", "bn_before_activation", "drop_bias_before_bn",
                      "drop_dropout"], "training.ablate"),
@@ -101,7 +102,7 @@ if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each
     from .checks.watch import Watch, watch
     from .core.capture import capture
     from .core.discover import find_batchnorms, is_batchnorm, kind_of
-    from .core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning
+    from .core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, BNConformanceWarning
     from .run.check import check_model
     from .run.report import Outcome, Report
     from .syncbn import assert_syncbn_matches

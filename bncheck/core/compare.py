@@ -5,7 +5,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from bncheck.core.errors import BNCheckError, BNCheckWarning
+from bncheck.core.errors import BNCheckError, BNCheckWarning, BNConformanceWarning
 from bncheck.core.tolerances import TOLERANCES, Tolerance
 
 
@@ -109,3 +109,11 @@ def check_close(got, expected, *, where: str, quantity: str, tol: Tolerance, cau
 def fail(where: str, what: str, cause: str) -> BNCheckError:
     """A BNCheckError for a failure that is not a numeric mismatch."""
     return BNCheckError(f"{where}: {what}. Likely cause: {cause}", where=where, quantity=what, cause=cause)
+
+
+def nonconforming(where: str, what: str, torch_does: str, cause: str) -> None:
+    """Warn (BNConformanceWarning) that a layer differs from torch where the contract leaves it free: `what` the
+    layer did, `torch_does` what torch's own layers do instead."""
+    warnings.warn(BNConformanceWarning(
+        f"{where}: {what}; torch {torch_does} (torch conformance, not the BN contract). Likely cause: {cause}"),
+        stacklevel=3)

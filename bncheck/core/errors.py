@@ -34,6 +34,12 @@ class BNCheckWarning(UserWarning):
     """A lint finding: legal PyTorch, but almost certainly not what the author meant."""
 
 
+class BNConformanceWarning(BNCheckWarning):
+    """A layer keeps the BN contract but differs from torch's own layers at an edge the contract does not fix (an
+    empty batch, a channel mismatch, a switch flipped at run time): a warning by default, a failure where torch
+    conformance is asked for (or under strict)."""
+
+
 class BNCheckUsageError(ValueError):
     """bncheck was called with input it cannot use (bad spec, shape, device, ...). A bad setting carries its
     `field` (the setting's name) and `value`, so that each front end names it by its own flag (`flagged`)."""
@@ -53,7 +59,7 @@ class BNCheckUsageError(ValueError):
         return self.flagged(self.field) if self.field else self.reason
 
 
-for _public in (BNCheckError, BNCheckSkip, BNCheckWarning, BNCheckUsageError):
+for _public in (BNCheckError, BNCheckSkip, BNCheckWarning, BNConformanceWarning, BNCheckUsageError):
     _public.__module__ = "bncheck"  # how tracebacks and reprs name them: where users import them from
 
 

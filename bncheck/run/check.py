@@ -41,12 +41,14 @@ def run_plan(plan: Plan) -> Report:
 def check_model(model: nn.Module, x=None, *, input_shape: tuple[int, ...] | None = None, batch_size: int = 8,
                 seed: int = 0, device: torch.device | str | None = None,
                 dtype: torch.dtype | tuple[torch.dtype, ...] = LOW_PRECISION,
-                strict: bool = False, name: str | None = None) -> Report:
+                strict: bool = False, torch_conformance: bool = False, name: str | None = None) -> Report:
     """Every bncheck item on `model` (never changed: all runs happen on copies) with the example input x (a tensor,
     or a tuple of a model's positional inputs), or a random batch of `input_shape` (one sample, without the batch
-    dim). `dtype`: the dtype check's low-precision dtype(s); every other check runs in the model's own. Returns the
-    Report; `report.assert_ok()` raises a BNCheckError listing every failure."""
+    dim). `dtype`: the dtype check's low-precision dtype(s); every other check runs in the model's own. `strict`:
+    every warning fails; `torch_conformance`: differences from torch at the edges the contract does not fix fail.
+    Returns the Report; `report.assert_ok()` raises a BNCheckError listing every failure."""
     settings = Settings(input_shape=input_shape, batch_size=batch_size, seed=seed,
                         device=torch.device("cpu" if device is None else device),
-                        dtype=dtype if isinstance(dtype, tuple) else (dtype,), strict=strict)
+                        dtype=dtype if isinstance(dtype, tuple) else (dtype,), strict=strict,
+                        torch_conformance=torch_conformance)
     return run_plan(Plan(Loaded(name or type(model).__name__, model, x), settings, shape_option="input_shape="))

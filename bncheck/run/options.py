@@ -111,7 +111,10 @@ OPTIONS = (
            "(default); every other check runs in the model's own dtype", "float16,bfloat16",
            _core("parse_low_precision"), "DTYPES"),
     Option("seed", "seed of the example input and the layers' test state (default 0)", 0, _integer("seed"), "N"),
-    Option("strict", "lint findings fail instead of warn", False),
+    Option("strict", "every warning fails: lint findings, torch-conformance differences, dtype and precision "
+           "warnings", False),
+    Option("torch_conformance", "torch's behaviour at the edges the BN contract does not fix (empty batch, raising "
+           "on a channel mismatch, a run-time switch of track_running_stats) fails instead of warning", False),
     Option("syncbn", "also check torch's BN layers converted to nn.SyncBatchNorm across 2 processes (needs 2 GPUs; "
            "synchronized BN layers are always checked)", False),
     Option("convergence", "also a convergence item per model: it must reach 0.9 test accuracy in fewer steps than "

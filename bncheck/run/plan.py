@@ -14,7 +14,14 @@ from bncheck.checks import LAYER_CHECKS, lints
 from bncheck.checks.model import MODEL_CHECKS
 from bncheck.core.capture import capture
 from bncheck.core.discover import find_batchnorms, kind_of, layer_label
-from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
+from bncheck.core.errors import (
+    BNCheckError,
+    BNCheckSkip,
+    BNCheckUsageError,
+    BNCheckWarning,
+    BNConformanceWarning,
+    one_line,
+)
 from bncheck.core.harness import nonfinite
 from bncheck.core.spec import Loaded
 from bncheck.core.state import clone, materialized
@@ -271,11 +278,16 @@ class Plan:
             with warnings.catch_warnings():
                 if self.settings.strict:
                     warnings.simplefilter("error", BNCheckWarning)
+                elif self.settings.torch_conformance:
+                    warnings.simplefilter("error", BNConformanceWarning)
                 try:
                     LAYER_CHECKS[check](self.work.get_submodule(name), x, name=layer_label(name),
                                         seed=self.settings.seed, **kwargs)
+                except BNConformanceWarning as exc:
+                    raise BNCheckError(f"{exc} (a warning by default: it fails under strict or torch "
+                                       f"conformance)") from None
                 except BNCheckWarning as exc:
-                    raise BNCheckError(f"{exc} (a warning: it fails under --bncheck-strict)") from None
+                    raise BNCheckError(f"{exc} (a warning by default: it fails under strict)") from None
         return run
 
     def _model_check(self, check: str):

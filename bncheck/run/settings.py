@@ -18,7 +18,8 @@ class Settings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: tuple[torch.dtype, ...] = LOW_PRECISION  # the dtype check's input dtypes
     seed: int = 0
-    strict: bool = False
+    strict: bool = False  # every BNCheckWarning fails
+    torch_conformance: bool = False  # a BNConformanceWarning fails
     syncbn: bool = False  # also check torch's BN layers converted to nn.SyncBatchNorm across processes
     convergence: bool = False  # also the convergence item: faster than the no-BN twin on real data
     data_root: str | None = None  # Fashion-MNIST for the convergence item (else a built-in data set)

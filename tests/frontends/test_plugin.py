@@ -8,6 +8,7 @@ not; in-process runs get the very model objects a test imported, which is how "u
 
 import importlib
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -261,6 +262,21 @@ def test_an_output_in_another_dtype_warns_and_fails_only_under_strict(bnmodels, 
     result = bnmodels.runpytest("--bncheck-model=bnmodels:promotes", *args, "-k", "dtype")
     assert outcomes_by_id(result) == {"bncheck[bnmodels:promotes]::dtype[1]": outcome}
     result.stdout.fnmatch_lines(["*returns float32 for float16 input (its values are right)*"])
+
+
+TEXTBOOK_SOURCE = (Path(__file__).parents[1] / "planted" / "textbook.py").read_text()
+
+
+@pytest.mark.parametrize("args, outcome", [([], "passed"), (["--bncheck-torch-conformance"], "failed"),
+                                           (["--bncheck-strict"], "failed")])
+def test_torch_conformance_warns_by_default_and_fails_when_asked_for(bnmodels, args, outcome):
+    """A correct textbook BN raises on an empty batch: a warning naming what torch does, unless conformance is
+    asked for."""
+    bnmodels.makepyfile(textbook=TEXTBOOK_SOURCE)
+    result = bnmodels.runpytest("--bncheck-model=textbook:textbook_net", *args, "-k", "empty_batch")
+    assert set(outcomes_by_id(result).values()) == {outcome}
+    result.stdout.fnmatch_lines(["*empty batch (0, 4, 6, 6), train mode: raised ValueError*; torch returns an "
+                                 "empty output*"])
 
 
 # --- ini settings ---------------------------------------------------------------------------------------------------

@@ -484,7 +484,7 @@ class StatisticsNotBuffers(ScratchBN):
 
 class EmptyBatchNaN(ScratchBN):
     """Updates the running statistics from an empty batch too: 0/0 leaves them NaN."""
-    caught_by, rank, diagnosis = "empty_batch", 4, "skip the running-statistics update"
+    caught_by, rank, diagnosis, warns = "empty_batch", 4, "skip the running-statistics update", True
 
     def update_running(self, x):
         self.count_batch()
@@ -497,7 +497,7 @@ class EmptyBatchNaN(ScratchBN):
 
 class EmptyBatchRaises(ScratchBN):
     """Guards n > 1 with `n <= 1`, so an empty batch (n = 0) raises."""
-    caught_by, rank, diagnosis = "empty_batch", 2, "treats N = 0 as an error"
+    caught_by, rank, diagnosis, warns = "empty_batch", 2, "treats N = 0 as an error", True
 
     def check_input(self, x):
         if self.uses_batch_stats() and x.numel() // x.shape[1] <= 1:
@@ -506,7 +506,7 @@ class EmptyBatchRaises(ScratchBN):
 
 class ChannelsBroadcast(ScratchBN):
     """Never checks the channel count: a 1-channel input broadcasts against γ, β and the statistics."""
-    caught_by, rank, diagnosis = "channel_mismatch", 4, "broadcast silently"
+    caught_by, rank, diagnosis, warns = "channel_mismatch", 4, "broadcast silently", True
 
     def check_input(self, x):
         if self.uses_batch_stats() and x.numel() // x.shape[1] == 1:
@@ -549,7 +549,7 @@ class AbsGamma(ScratchBN):
 
 class UpdatesUntracked(ScratchBN):
     """Updates whenever it has buffers, ignoring track_running_stats switched off at run time."""
-    caught_by, rank, diagnosis = "running_stats", 3, "not self.track_running_stats"
+    caught_by, rank, diagnosis, warns = "running_stats", 3, "not self.track_running_stats", True
 
     def updates_running(self) -> bool:
         return self.training and self.running_mean is not None
