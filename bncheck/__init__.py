@@ -12,22 +12,27 @@ _EXPORTS = {
     # one call for a whole model
     "check_model": "run.check",
     **dict.fromkeys(["Report", "Outcome"], "run.report"),
-    # per-layer checks
-    **dict.fromkeys(["LAYER_CHECKS", "assert_backward", "assert_batch_stats", "assert_channel_mismatch_raises",
-                     "assert_dtype", "assert_empty_batch", "assert_eval_output", "assert_eval_single_sample",
-                     "assert_eval_state_unchanged", "assert_grad_modes", "assert_large_eps", "assert_memory_format",
-                     "assert_non_contiguous", "assert_running_stats", "assert_single_value_raises",
-                     "assert_standardization", "assert_statistics_registered"], "checks"),
-    # model checks, lints, discovery, capture
-    "assert_eval_no_state_change": "checks.eval",  # the former model-level name of assert_eval_state_unchanged
-    **dict.fromkeys(["MODEL_CHECKS", "assert_bn_ops_follow_mode", "assert_fusion_matches",
+    # the checks: one registry (bncheck.checks.registry); item X is assert_X, former names kept as aliases
+    **dict.fromkeys(["LAYER_CHECKS", "MODEL_CHECKS", "REGISTRY", "check"], "checks"),
+    **dict.fromkeys(["assert_backward", "assert_batch_stats", "assert_channel_mismatch", "assert_dtype",
+                     "assert_empty_batch", "assert_eval_output", "assert_eval_single_sample", "assert_eval_state",
+                     "assert_grad_modes", "assert_large_eps", "assert_memory_format", "assert_non_contiguous",
+                     "assert_running_stats", "assert_single_value", "assert_standardization",
+                     "assert_statistics_registered",
+                     "assert_channel_mismatch_raises", "assert_eval_state_unchanged", "assert_single_value_raises"],
+                    "checks"),
+    **dict.fromkeys(["assert_model_eval_state", "assert_eval_no_state_change", "assert_model_eval_single_sample"],
+                    "checks.eval"),
+    **dict.fromkeys(["assert_model_bn_mode", "assert_model_fusion", "assert_model_state_dict_roundtrip",
+                     "assert_model_train_vs_eval", "assert_bn_ops_follow_mode", "assert_fusion_matches",
                      "assert_state_dict_roundtrip", "assert_train_differs_from_eval"], "checks.model"),
     "assert_model_running_stats": "checks.model_statistics",
-    "assert_compile_matches": "checks.compiled",  # BN beyond eager mode: torch.compile, torch.export
-    "assert_export_matches": "checks.exported",
-    **dict.fromkeys(["find_frozen_affine_training", "find_keras_momentum", "find_redundant_bias", "lint"],
+    # BN beyond eager mode: torch.compile, torch.export
+    **dict.fromkeys(["assert_model_compile", "assert_compile_matches"], "checks.compiled"),
+    **dict.fromkeys(["assert_model_export", "assert_export_matches"], "checks.exported"),
+    # lints, guards around the user's own training step and evaluation, discovery, capture
+    **dict.fromkeys(["LINTS", "find_frozen_affine_training", "find_keras_momentum", "find_redundant_bias", "lint"],
                     "checks.lints"),
-    # guards around the user's own training step and evaluation
     **dict.fromkeys(["assert_bn_frozen", "assert_eval_is_pure", "assert_stats_updated"], "checks.guards"),
     **dict.fromkeys(["Watch", "watch"], "checks.watch"),
     **dict.fromkeys(["find_batchnorms", "is_batchnorm", "kind_of"], "core.discover"),
@@ -69,32 +74,41 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each name loads on first use
     from .checks import (
         LAYER_CHECKS,
+        MODEL_CHECKS,
+        REGISTRY,
         assert_backward,
         assert_batch_stats,
+        assert_channel_mismatch,
         assert_channel_mismatch_raises,
         assert_dtype,
         assert_empty_batch,
         assert_eval_output,
         assert_eval_single_sample,
+        assert_eval_state,
         assert_eval_state_unchanged,
         assert_grad_modes,
         assert_large_eps,
         assert_memory_format,
         assert_non_contiguous,
         assert_running_stats,
+        assert_single_value,
         assert_single_value_raises,
         assert_standardization,
         assert_statistics_registered,
+        check,
     )
-    from .checks.compiled import assert_compile_matches
-    from .checks.eval import assert_eval_no_state_change
-    from .checks.exported import assert_export_matches
+    from .checks.compiled import assert_compile_matches, assert_model_compile
+    from .checks.eval import assert_eval_no_state_change, assert_model_eval_single_sample, assert_model_eval_state
+    from .checks.exported import assert_export_matches, assert_model_export
     from .checks.guards import assert_bn_frozen, assert_eval_is_pure, assert_stats_updated
-    from .checks.lints import find_frozen_affine_training, find_keras_momentum, find_redundant_bias, lint
+    from .checks.lints import LINTS, find_frozen_affine_training, find_keras_momentum, find_redundant_bias, lint
     from .checks.model import (
-        MODEL_CHECKS,
         assert_bn_ops_follow_mode,
         assert_fusion_matches,
+        assert_model_bn_mode,
+        assert_model_fusion,
+        assert_model_state_dict_roundtrip,
+        assert_model_train_vs_eval,
         assert_state_dict_roundtrip,
         assert_train_differs_from_eval,
     )

@@ -3,9 +3,8 @@ plugin, options, false-alarm, bench and convergence tests)."""
 
 import pytest
 
-from bncheck.checks import LAYER_CHECKS
+from bncheck.checks import LAYER_CHECKS, MODEL_CHECKS
 from bncheck.checks.lints import LINTS
-from bncheck.checks.model import MODEL_CHECKS
 
 USAGE_ERROR = pytest.ExitCode.USAGE_ERROR
 

@@ -2,6 +2,7 @@
 
 import torch
 
+from bncheck.checks.registry import check
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, matches
 from bncheck.core.errors import BNCheckError, assertion_helper
@@ -29,6 +30,7 @@ def _grad(p):
 _CAUSE = "a broken backward: a detached statistic, a custom autograd.Function, or in-place edits"
 
 
+@check("backward")
 @assertion_helper
 @single_threaded
 def assert_backward(layer, x, *, name: str = "", seed: int = 0) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bncheck.checks.registry import check
 from bncheck.core.capture import float_leaves, forward
 from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import STATISTICS, find_batchnorms
@@ -128,6 +129,7 @@ def _compare_gradients(run: _Run, outs, where: str, cause: str) -> None:
             run.compare(got, p.grad, where=where, quantity=f"gradient of {p_name}", cause=cause, axes=())
 
 
+@check("model_compile", scope="model", trains_model=True, settings={"seed": "seed"}, option="compile")
 @assertion_helper
 def assert_compile_matches(model: nn.Module, x, *, name: str = "", steps: int = 2,
                            backend: str | Callable = "inductor", seed: int = 0) -> None:
@@ -186,3 +188,6 @@ def _compare_modes(run: _Run, title: str, steps: int) -> None:
     _compare_gradients(run, outs, f"{where}, backward of step {steps}",
                        "the compiled backward differs from eager's (a custom autograd Function or a branch on "
                        "torch.compiler.is_compiling())")
+
+
+assert_model_compile = assert_compile_matches  # the item's name (a documented alias)

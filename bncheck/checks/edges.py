@@ -5,6 +5,7 @@ import contextlib
 
 import torch
 
+from bncheck.checks.registry import check
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, nonconforming
 from bncheck.core.errors import BNCheckError, BNCheckSkip, assertion_helper, one_line
@@ -30,6 +31,7 @@ def _statistics(layer) -> dict[str, torch.Tensor]:
             if isinstance(getattr(layer, key, None), torch.Tensor)}
 
 
+@check("empty_batch", level="conformance")
 @assertion_helper
 @single_threaded
 def assert_empty_batch(layer, x, *, name: str = "", seed: int = 0) -> None:
@@ -62,9 +64,10 @@ def assert_empty_batch(layer, x, *, name: str = "", seed: int = 0) -> None:
                 break
 
 
+@check("channel_mismatch", level="conformance")
 @assertion_helper
 @single_threaded
-def assert_channel_mismatch_raises(layer, x, *, name: str = "", seed: int = 0) -> None:
+def assert_channel_mismatch(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Torch conformance (BNConformanceWarning): an input whose channel count differs from the layer's (C + 1
     channels; 1 channel too, except for a frozen BN, whose plain broadcasting torchvision accepts) raises in train
     and eval mode, as torch does, instead of broadcasting against γ, β and the statistics."""
@@ -88,6 +91,10 @@ def assert_channel_mismatch_raises(layer, x, *, name: str = "", seed: int = 0) -
             return
 
 
+assert_channel_mismatch_raises = assert_channel_mismatch  # its former name (a documented alias)
+
+
+@check("large_eps")
 @assertion_helper
 def assert_large_eps(layer, x, *, name: str = "", seed: int = 0) -> None:
     """With eps = LARGE_EPS set on (a copy of) the layer, the train output, the running statistics after a train
@@ -154,6 +161,7 @@ def _in_grad_mode(twin, x: torch.Tensor, train: bool, mode=None) -> list[tuple[s
     return [("output", y.detach().clone())] + [(key, value) for key, value in _statistics(twin).items()]
 
 
+@check("grad_modes")
 @assertion_helper
 @single_threaded
 def assert_grad_modes(layer, x, *, name: str = "", seed: int = 0) -> None:

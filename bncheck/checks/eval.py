@@ -6,6 +6,7 @@ import functools
 import torch
 from torch import nn
 
+from bncheck.checks.registry import check
 from bncheck.core import oracle
 from bncheck.core.capture import float_leaves, forward
 from bncheck.core.compare import check_close, fail
@@ -23,6 +24,7 @@ def _modes(case: LayerCase) -> list[bool]:
     return [False, True] if case.frozen else [False]
 
 
+@check("eval_output")
 @assertion_helper
 @single_threaded
 def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
@@ -46,8 +48,10 @@ def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
                         cause="eval mode does not normalize with the running statistics and the layer's eps")
 
 
+@check("eval_state")
+@check("model_eval_state", scope="model", needs_batchnorm=False)
 @assertion_helper
-def assert_eval_state_unchanged(module: nn.Module, x, *, name: str = "", seed: int = 0) -> None:
+def assert_eval_state(module: nn.Module, x, *, name: str = "", seed: int = 0) -> None:
     """A forward in eval mode changes no buffer or parameter: of a BN layer (on x and the probes; a frozen BN in
     train mode too), or of a whole model (on x, Lazy parameters materialized first)."""
     if find_batchnorms(module).keys() == {""}:
@@ -64,7 +68,8 @@ def assert_eval_state_unchanged(module: nn.Module, x, *, name: str = "", seed: i
                    f"{'; '.join(changed[:5])}", "a BN layer updates its running statistics outside train mode")
 
 
-assert_eval_no_state_change = assert_eval_state_unchanged  # its name for a whole model until the two were one
+# documented aliases: the item ids' names for a whole model, and the former names
+assert_model_eval_state = assert_eval_no_state_change = assert_eval_state_unchanged = assert_eval_state
 
 
 def _layer_eval_state(layer, x, *, name: str, seed: int) -> None:
@@ -126,6 +131,8 @@ def _in_float64(model: nn.Module, x, like: list[list[torch.Tensor]]) -> list[lis
     return outs if _shapes(outs) == _shapes(like) else None
 
 
+@check("eval_single_sample")
+@check("model_eval_single_sample", scope="model", needs_batchnorm=False)
 @assertion_helper
 def assert_eval_single_sample(model: nn.Module, x, *, name: str = "", seed: int = 0, samples: int = 4) -> None:
     """In eval mode one sample alone gives the same output as inside the batch (a layer or a whole model)."""
@@ -165,3 +172,6 @@ def _eval_single_sample(model: nn.Module, x, *, name: str, seed: int, samples: i
                         quantity=f"output {k}" if len(alone) > 1 else "output", tol=tolerance(b.dtype),
                         axes=("sample", "channel"), reference=lambda: None if precise() is None else precise()[i][k],
                         cause=_BATCH_STATS_IN_EVAL)
+
+
+assert_model_eval_single_sample = assert_eval_single_sample  # the model item's name (a documented alias)

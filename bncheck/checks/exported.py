@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from bncheck.checks.registry import check
 from bncheck.core.capture import float_leaves, forward
 from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import STATISTICS, find_batchnorms
@@ -44,6 +45,7 @@ def _statistics(model: nn.Module) -> dict[str, torch.Tensor]:
     return stats
 
 
+@check("model_export", scope="model", option="export")
 @assertion_helper
 def assert_export_matches(model: nn.Module, x, *, name: str = "", program=None) -> None:
     """torch.export.export of an eval copy of `model` (whatever mode the model is in: an exported program is for
@@ -92,3 +94,6 @@ def assert_export_matches(model: nn.Module, x, *, name: str = "", program=None) 
         check_close(_held(program, key), value, where=f"{where}, after running the program", quantity=key,
                     tol=tolerance(torch.float64), cause="the program updates running statistics at inference: it "
                                                         "was exported in train mode")
+
+
+assert_model_export = assert_export_matches  # the item's name (a documented alias)

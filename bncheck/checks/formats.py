@@ -6,6 +6,7 @@ import warnings
 
 import torch
 
+from bncheck.checks.registry import check
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, deviation, fail
 from bncheck.core.errors import BNCheckSkip, BNCheckWarning, assertion_helper, one_line
@@ -15,6 +16,7 @@ from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import FUSION, LOW_PRECISION, dtype_name, runs_batch_norm, tolerance
 
 
+@check("dtype", settings={"dtype": "dtypes"})
 @assertion_helper
 @single_threaded
 def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISION) -> None:
@@ -60,6 +62,7 @@ def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISIO
             f"{dtype_name(got)} activations after this layer: cast the output back to the input dtype"), stacklevel=3)
 
 
+@check("memory_format")
 @assertion_helper
 @single_threaded
 def assert_memory_format(layer, x, *, name: str = "", seed: int = 0) -> None:
@@ -133,6 +136,7 @@ def _outcome(twin, x: torch.Tensor, dy: torch.Tensor, train: bool, backward: boo
     return out
 
 
+@check("non_contiguous")
 @assertion_helper
 @single_threaded
 def assert_non_contiguous(layer, x, *, name: str = "", seed: int = 0) -> None:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from bncheck.checks.registry import ScopeTable, check
 from bncheck.core.capture import capture
 from bncheck.core.discover import find_batchnorms, is_frozen, sequential_pairs
 from bncheck.core.errors import BNCheckWarning
@@ -90,11 +91,11 @@ def find_frozen_affine_training(model: nn.Module) -> list[Finding]:
 
 
 # Each lint by name: f(model, example_input, producers) -> findings (producers: a capture's BN -> producer map).
-LINTS = {
-    "redundant_bias": lambda model, x, producers: find_redundant_bias(model, x, producers=producers),
-    "keras_momentum": lambda model, x, producers: find_keras_momentum(model),
-    "frozen_affine": lambda model, x, producers: find_frozen_affine_training(model),
-}
+check("lint_redundant_bias", scope="lint")(
+    lambda model, x, producers: find_redundant_bias(model, x, producers=producers))
+check("lint_keras_momentum", scope="lint")(lambda model, x, producers: find_keras_momentum(model))
+check("lint_frozen_affine", scope="lint")(lambda model, x, producers: find_frozen_affine_training(model))
+LINTS = ScopeTable("lint", "lint_")
 
 
 def lint(model: nn.Module, example_input=None, *, producers: dict[str, str] | None = None) -> list[Finding]:

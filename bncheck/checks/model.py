@@ -10,8 +10,7 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bncheck.checks.eval import assert_eval_single_sample, assert_eval_state_unchanged
-from bncheck.checks.model_statistics import assert_model_running_stats
+from bncheck.checks.registry import check
 from bncheck.core.capture import capture, float_leaves, forward
 from bncheck.core.compare import check_close, fail, matches
 from bncheck.core.discover import find_batchnorms, is_frozen
@@ -43,8 +42,9 @@ def _trainable_bns(model):
     return {n: m for n, m in find_batchnorms(model).items() if not is_frozen(m)}
 
 
+@check("model_train_vs_eval", scope="model", trains_model=True)
 @assertion_helper
-def assert_train_differs_from_eval(model: nn.Module, x, *, name: str = "") -> None:
+def assert_model_train_vs_eval(model: nn.Module, x, *, name: str = "") -> None:
     """Where BN layers train, train-mode and eval-mode outputs differ (batch vs running statistics)."""
     bns = _trainable_bns(model)
     if not bns or all(getattr(m, "running_mean", None) is None for m in bns.values()):
@@ -62,8 +62,9 @@ def assert_train_differs_from_eval(model: nn.Module, x, *, name: str = "") -> No
                    "switched: check overridden train()/eval() and functional batch_norm calls")
 
 
+@check("model_state_dict_roundtrip", scope="model", trains_model=True, needs_batchnorm=False)
 @assertion_helper
-def assert_state_dict_roundtrip(model: nn.Module, x, *, name: str = "") -> None:
+def assert_model_state_dict_roundtrip(model: nn.Module, x, *, name: str = "") -> None:
     """After a train step, state_dict() loaded into a fresh copy gives identical eval outputs (NaN where the
     trained model's is NaN); skips when the trained model's eval output is nowhere finite."""
     trained = _twin(model, x)
@@ -109,8 +110,9 @@ class _BNModeWatch(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+@check("model_bn_mode", scope="model")
 @assertion_helper
-def assert_bn_ops_follow_mode(model: nn.Module, x, *, name: str = "") -> None:
+def assert_model_bn_mode(model: nn.Module, x, *, name: str = "") -> None:
     """In eval mode no batch_norm op runs with training=True on running statistics (the 'eval ignored' bug)."""
     twin = _twin(model, x).eval()
     stack: list[tuple[str, nn.Module]] = []
@@ -163,8 +165,9 @@ def _fused_pair(producer: nn.Module, bn: nn.Module, x: torch.Tensor):
         return fused, unfused, FUSION
 
 
+@check("model_fusion", scope="model")
 @assertion_helper
-def assert_fusion_matches(model: nn.Module, x, *, name: str = "") -> None:
+def assert_model_fusion(model: nn.Module, x, *, name: str = "") -> None:
     """Each conv/linear → BN pair, fused for inference (torch.nn.utils.fusion), gives the unfused eval output.
 
     Checked pair by pair on each producer's real input (its first FUSION_SAMPLES samples), so it holds for any
@@ -188,12 +191,8 @@ def assert_fusion_matches(model: nn.Module, x, *, name: str = "") -> None:
                           f"eps)·γ + β that fusion assumes (eps, statistics or formula differ)")
 
 
-MODEL_CHECKS = {
-    "eval_single_sample": assert_eval_single_sample,
-    "running_stats": assert_model_running_stats,
-    "eval_state": assert_eval_state_unchanged,
-    "train_vs_eval": assert_train_differs_from_eval,
-    "state_dict_roundtrip": assert_state_dict_roundtrip,
-    "bn_mode": assert_bn_ops_follow_mode,
-    "fusion": assert_fusion_matches,
-}
+# the former names (documented aliases)
+assert_train_differs_from_eval = assert_model_train_vs_eval
+assert_state_dict_roundtrip = assert_model_state_dict_roundtrip
+assert_bn_ops_follow_mode = assert_model_bn_mode
+assert_fusion_matches = assert_model_fusion

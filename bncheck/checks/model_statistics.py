@@ -6,6 +6,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from bncheck.checks.registry import check
 from bncheck.core import oracle
 from bncheck.core.capture import forward
 from bncheck.core.compare import check_close, fail, matches
@@ -63,6 +64,7 @@ def _calls(model: nn.Module, x, layers: dict[str, nn.Module]) -> dict[str, list[
     return calls
 
 
+@check("model_running_stats", scope="model", trains_model=True)
 @assertion_helper
 def assert_model_running_stats(model: nn.Module, x, *, name: str = "") -> None:
     """After one train-mode forward of the whole model, every BN layer's running statistics (and

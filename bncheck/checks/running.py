@@ -2,6 +2,7 @@
 
 import torch
 
+from bncheck.checks.registry import check
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, fail, nonconforming
 from bncheck.core.discover import unregistered_statistics
@@ -38,6 +39,7 @@ def _bug_variants(state: oracle.RunningStats, x, momentum, eps):
     return variants
 
 
+@check("running_stats")
 @assertion_helper
 @single_threaded
 def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
@@ -87,6 +89,7 @@ def _untracked_at_run_time(case: LayerCase) -> None:
                       "the update tests whether the buffers exist, not self.track_running_stats")
 
 
+@check("statistics_registered")
 @assertion_helper
 def assert_statistics_registered(layer, x, *, name: str = "", seed: int = 0) -> None:
     """running_mean and running_var are registered buffers (or registered None), not plain tensor attributes."""

@@ -4,6 +4,7 @@ import functools
 
 import torch
 
+from bncheck.checks.registry import check
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, fail
 from bncheck.core.errors import assertion_helper
@@ -13,6 +14,7 @@ from bncheck.core.threads import single_threaded
 from bncheck.core.tolerances import tolerance
 
 
+@check("standardization")
 @assertion_helper
 @single_threaded
 def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
@@ -42,6 +44,7 @@ def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
                     cause=cause + ", or does not divide by sqrt(var + eps)")
 
 
+@check("batch_stats")
 @assertion_helper
 @single_threaded
 def assert_batch_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
@@ -113,9 +116,10 @@ def _affine(x_hat, weight, bias, x, swapped=False):
     return x_hat * (1.0 if w is None else w) + (0.0 if b is None else b)
 
 
+@check("single_value")
 @assertion_helper
 @single_threaded
-def assert_single_value_raises(layer, x, *, name: str = "", seed: int = 0) -> None:
+def assert_single_value(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Train mode with one value per channel (n = 1) raises instead of returning garbage."""
     case = layer_case(layer, name, x, seed)
     case.require_train_mode()
@@ -129,3 +133,6 @@ def assert_single_value_raises(layer, x, *, name: str = "", seed: int = 0) -> No
                f"one value per channel returned output ({summary}) instead of raising",
                "no check that n > 1: a batch of one cannot be standardized (PyTorch raises "
                "'Expected more than 1 value per channel when training')")
+
+
+assert_single_value_raises = assert_single_value  # its former name (a documented alias)

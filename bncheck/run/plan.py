@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bncheck.checks import LAYER_CHECKS, lints
-from bncheck.checks.model import MODEL_CHECKS
+from bncheck.checks import lints
+from bncheck.checks.registry import SCOPES, Check, checks
 from bncheck.core.capture import capture
 from bncheck.core.discover import find_batchnorms, kind_of, layer_label
 from bncheck.core.errors import (
@@ -28,11 +28,6 @@ from bncheck.core.state import clone, materialized
 from bncheck.core.tolerances import dtype_name
 from bncheck.run.settings import Settings
 from bncheck.syncbn.targets import check_model_layer, syncbn_targets
-
-# model checks that make sense without a BN layer: a model that normalizes by hand still owes them
-WITHOUT_BATCHNORM = ("eval_single_sample", "eval_state", "state_dict_roundtrip")
-# model checks that run the whole model in train mode
-TRAINS_THE_MODEL = {"train_vs_eval", "state_dict_roundtrip", "running_stats"}
 
 
 @dataclass(frozen=True)
@@ -184,40 +179,26 @@ class Plan:
             f"; inputs captured in eval mode (train mode: {self.train_error})" if self.train_error else "") + (
             "; no BN layer found: only the model checks that need none run" if not self.layers else "")
 
+    def planned(self) -> list[Check]:
+        """The registered checks these settings ask for: layer checks, then model checks, then lints."""
+        return [c for scope in SCOPES for c in checks(scope) if c.option is None or getattr(self.settings, c.option)]
+
     def cases(self) -> list[Case]:
+        planned = self.planned()
         if not self.layers:
             return [Case("no_batchnorm", None, self._no_batchnorm)] + [
-                Case(f"model_{check}", None, self._model_check(check)) for check in WITHOUT_BATCHNORM]
+                Case(c.name, None, self._model_check(c)) for c in planned
+                if c.scope == "model" and not c.needs_batchnorm]
         if self.nonfinite is not None:
             return [Case("finite_input", self.nonfinite[0], self._nonfinite)]
-        cases = [Case(f"{check}[{layer_label(name)}]", name, self._layer_check(check, name))
-                 for name in self.layers for check in LAYER_CHECKS]
-        cases += [Case(f"model_{check}", None, self._model_check(check)) for check in MODEL_CHECKS]
-        cases += [Case(f"lint_{lint}", None, self._lint(lint)) for lint in lints.LINTS]
+        cases = [Case(f"{c.name}[{layer_label(name)}]", name, self._layer_check(c, name))
+                 for name in self.layers for c in planned if c.scope == "layer"]
+        cases += [Case(c.name, None, self._model_check(c)) for c in planned if c.scope != "layer"]
         cases += [Case(f"syncbn[{layer_label(name)}]", name, self._syncbn(name))
                   for name in syncbn_targets(self.model, convert=self.settings.syncbn)]
-        if self.settings.compile:
-            cases.append(Case("model_compile", None, self._compile))
-        if self.settings.export:
-            cases.append(Case("model_export", None, self._export))
         if self.settings.convergence:
             cases.append(Case("convergence", None, self._convergence))
         return cases
-
-    def _compile(self):
-        """torch.compile of the model computes what eager does (assert_compile_matches): it trains the model."""
-        from bncheck.checks.compiled import assert_compile_matches
-
-        if self.train_error is not None:
-            raise BNCheckSkip(f"{self.spec}: the model does not run in train mode on the example input "
-                              f"({self.train_error})")
-        assert_compile_matches(self.work, self.example, name=self.spec, seed=self.settings.seed)
-
-    def _export(self):
-        """torch.export of an eval copy gives the eager eval output and statistics (assert_export_matches)."""
-        from bncheck.checks.exported import assert_export_matches
-
-        assert_export_matches(self.work, self.example, name=self.spec)
 
     def _convergence(self):
         """The model reaches 90 % test accuracy in fewer steps than its no-BN twin (assert_converges_faster with
@@ -267,42 +248,44 @@ class Plan:
     def _no_batchnorm(self):
         raise BNCheckSkip(f"{self.spec}: no BatchNorm layer found (torch BN, Lazy, Sync, frozen or BN-like)")
 
-    def _layer_check(self, check: str, name: str):
+    def _kwargs(self, check: Check) -> dict:
+        return {keyword: getattr(self.settings, setting) for setting, keyword in check.settings}
+
+    def _judged(self, call: Callable[[], None]) -> None:
+        """call(), its BNCheckWarnings failing where the settings say so (strict: every one; torch_conformance:
+        those of torch conformance)."""
+        with warnings.catch_warnings():
+            if self.settings.strict:
+                warnings.simplefilter("error", BNCheckWarning)
+            elif self.settings.torch_conformance:
+                warnings.simplefilter("error", BNConformanceWarning)
+            try:
+                call()
+            except BNConformanceWarning as exc:
+                raise BNCheckError(f"{exc} (a warning by default: it fails under strict or torch "
+                                   f"conformance)") from None
+            except BNCheckWarning as exc:
+                raise BNCheckError(f"{exc} (a warning by default: it fails under strict)") from None
+
+    def _layer_check(self, check: Check, name: str):
         def run():
             x = self.inputs.get(name)
             if x is None:
                 raise BNCheckSkip(f"{layer_label(name)} was not called in the forward pass on the example input")
-            kwargs = {}
-            if check == "dtype":
-                kwargs["dtypes"] = self.settings.dtype
-            with warnings.catch_warnings():
-                if self.settings.strict:
-                    warnings.simplefilter("error", BNCheckWarning)
-                elif self.settings.torch_conformance:
-                    warnings.simplefilter("error", BNConformanceWarning)
-                try:
-                    LAYER_CHECKS[check](self.work.get_submodule(name), x, name=layer_label(name),
-                                        seed=self.settings.seed, **kwargs)
-                except BNConformanceWarning as exc:
-                    raise BNCheckError(f"{exc} (a warning by default: it fails under strict or torch "
-                                       f"conformance)") from None
-                except BNCheckWarning as exc:
-                    raise BNCheckError(f"{exc} (a warning by default: it fails under strict)") from None
+            self._judged(lambda: check.function(self.work.get_submodule(name), x, name=layer_label(name),
+                                                seed=self.settings.seed, **self._kwargs(check)))
         return run
 
-    def _model_check(self, check: str):
+    def _model_check(self, check: Check):
         def run():
-            if self.train_error is not None and check in TRAINS_THE_MODEL:
+            if self.train_error is not None and check.trains_model:
                 raise BNCheckSkip(f"{self.spec}: the model does not run in train mode on the example input "
                                   f"({self.train_error})")
-            MODEL_CHECKS[check](self.work, self.example, name=self.spec)
-        return run
-
-    def _lint(self, lint: str):
-        def run():
-            findings = lints.LINTS[lint](self.work, self.example, self.producers)
+            if check.scope == "model":
+                self._judged(lambda: check.function(self.work, self.example, name=self.spec, **self._kwargs(check)))
+                return
+            findings = check.function(self.work, self.example, self.producers)
             if findings and self.settings.strict:
-                raise BNCheckError(f"{self.spec}: lint {lint} failed under --bncheck-strict: "
-                                   + " | ".join(map(str, findings)))
+                raise BNCheckError(f"{self.spec}: {check.name} failed under strict: " + " | ".join(map(str, findings)))
             lints.warn(findings, stacklevel=3)
         return run

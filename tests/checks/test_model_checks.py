@@ -19,7 +19,7 @@ from planted.models import (
 from torch import nn
 
 from bncheck import BNCheckError, BNCheckSkip
-from bncheck.checks.model import MODEL_CHECKS
+from bncheck.checks import MODEL_CHECKS
 from bncheck.core.state import Snapshot
 
 X = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))

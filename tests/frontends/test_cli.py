@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from bncheck.__main__ import main
-from bncheck.checks import LAYER_CHECKS
+from bncheck.checks import LAYER_CHECKS, MODEL_CHECKS
 from bncheck.checks.lints import LINTS
-from bncheck.checks.model import MODEL_CHECKS
 
 
 def _statuses(out: str) -> dict[str, str]:

@@ -15,9 +15,8 @@ import torch
 from plugin_runs import assert_usage_error, collected_ids, expected_ids, outcomes_by_id, selected_ids
 
 import bncheck.run.plan  # noqa: F401  (imported once here: in-process runs then reuse it instead of re-importing)
-from bncheck.checks import LAYER_CHECKS
+from bncheck.checks import LAYER_CHECKS, MODEL_CHECKS
 from bncheck.checks.lints import LINTS
-from bncheck.checks.model import MODEL_CHECKS
 from bncheck.core.state import Snapshot
 
 HAS_CUDA = torch.cuda.is_available()
@@ -474,7 +473,7 @@ def test_lints_fail_under_strict_or_warnings_as_errors(bnmodels, how):
     for nodeid, phrase in FINDINGS.items():
         assert phrase in failures[nodeid]
         if how != "-W error::bncheck.BNCheckWarning":  # a BNCheckError: its message, not a traceback
-            assert "failed under --bncheck-strict" in failures[nodeid]
+            assert "failed under strict" in failures[nodeid]
             assert "Traceback" not in failures[nodeid] and "raise " not in failures[nodeid]
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 

@@ -6,9 +6,8 @@ from planted.layers import KerasMomentum
 from torch import nn
 
 from bncheck import BNCheckError, Report, assert_batch_stats, check_model
-from bncheck.checks import LAYER_CHECKS
+from bncheck.checks import LAYER_CHECKS, MODEL_CHECKS
 from bncheck.checks.lints import LINTS
-from bncheck.checks.model import MODEL_CHECKS
 from bncheck.core.state import Snapshot
 from bncheck.examples import seed_cnn
 
