@@ -65,6 +65,14 @@ def test_only_the_frontends_import_pytest():
             assert "pytest" not in names, f"{path}: the library never imports pytest"
 
 
+@pytest.mark.parametrize("layer", ["core", "checks", "run"])
+def test_no_front_end_flag_below_the_front_ends(layer):
+    """Usage errors carry their field and each front end words them: the lower layers name no plugin flag."""
+    flagged = [f"{path.relative_to(PACKAGE)}:{n}" for path in sorted((PACKAGE / layer).rglob("*.py"))
+               for n, line in enumerate(path.read_text().splitlines(), 1) if "--bncheck-" in line]
+    assert flagged == []
+
+
 def test_loading_the_plugin_imports_no_torch():
     code = ("import sys, bncheck.frontends.plugin; "
             "heavy = [m for m in ('torch', 'numpy', 'bncheck.core', 'bncheck.run.plan') if m in sys.modules]; "

@@ -78,7 +78,7 @@ def _keywords(args: str, where: str) -> dict:
     return kwargs
 
 
-def load(spec: str, *, option: str | None = "--bncheck-model", seed: int | None = 0) -> Loaded:
+def load(spec: str, *, option: str | None = None, seed: int | None = 0) -> Loaded:
     """Resolve SPEC (see `parse`; dots after the colon reach nested attributes) to an nn.Module, a factory or class
     of one called with the spec's arguments, or a factory returning (module, example_input); 'torchvision:NAME' and
     'timm:NAME' build the library's model with random weights. A factory runs with the CPU generator seeded with

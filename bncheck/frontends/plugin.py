@@ -10,6 +10,7 @@ import pytest
 from bncheck.run.options import BENCH_OPTIONS, OPTIONS
 
 MODEL_OPTION = "--bncheck-model"
+SHAPE_OPTION = "--bncheck-input-shape="  # how a missing input shape is named to the plugin's user
 BENCHMARK_OPTION = "--bncheck-benchmark"
 _MODEL_HELP = ("model to check: module.path:attr (an nn.Module, or a factory or class of one), torchvision:NAME or "
                "timm:NAME (random weights), each optionally with literal keyword arguments, e.g. "
@@ -102,7 +103,7 @@ def pytest_sessionstart(session):
     try:
         settings = settings_from({name: value for name, (value, _) in given.items()})
         bench = bench_settings_from({name: value for name, (value, _) in bench_given.items()})
-        loaded = [spec_mod.load(s, seed=settings.seed) for s in specs]
+        loaded = [spec_mod.load(s, option=MODEL_OPTION, seed=settings.seed) for s in specs]
         config.stash[_REPRODUCE] = _reproduce(specs, given, settings.seed)
         if _setting(config, "benchmark") and bench.layers is not None:  # a layer name is checked against each model
             from bncheck.bench.cases import wanted_layers
@@ -113,11 +114,11 @@ def pytest_sessionstart(session):
         if _is_xdist_controller(config):  # the workers build the plans and run the items: only say what they check
             from bncheck.run.plan import check_runs, header
 
-            config.stash[_HEADERS] = [header(m.spec, m.model, settings, check_runs(m, settings))
+            config.stash[_HEADERS] = [header(m.spec, m.model, settings, check_runs(m, settings, SHAPE_OPTION))
                                       + "; checked in the workers" for m in loaded]
             return
         _share_the_cores(config)
-        config.stash[_PLANS] = [Plan(m, settings) for m in loaded]
+        config.stash[_PLANS] = [Plan(m, settings, shape_option=SHAPE_OPTION) for m in loaded]
     except BNCheckUsageError as exc:
         # the two tables' names are disjoint (tests/run/test_options.py), so a field names one flag
         flags = {**given, **bench_given}

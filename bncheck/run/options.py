@@ -1,7 +1,7 @@
-"""The tables of settings: each option's name, parser, default and help. The pytest plugin adds `--bncheck-<name>`
-and the ini key `bncheck_<name>` for each of OPTIONS (the checks), `--bncheck-bench-<name>` and `bncheck_bench_<name>`
-for each of BENCH_OPTIONS (the benchmarks); the command lines `--<name>`. A bad value is a BNCheckUsageError carrying
-the option's name, which each front end words with its own flag. Imports no torch: the plugin reads these tables
+"""The tables of settings: each option's name, parser, default and help, for OPTIONS (the checks) and BENCH_OPTIONS
+(the benchmarks). Each front end makes its own flags of them (bncheck.frontends: the plugin's flags and ini keys,
+the command lines'). A bad value is a BNCheckUsageError carrying the option's name, which each front end words with
+its own flag. Imports no torch: the plugin reads these tables
 when pytest starts."""
 
 from collections.abc import Callable
@@ -127,7 +127,7 @@ OPTIONS = (
            "and running statistics (item model_export)", False),
 )
 
-# The benchmarks' own knobs (--bncheck-benchmark, `python -m bncheck bench`); the model, input, device and seed are
+# The benchmarks' own knobs (the plugin's benchmark items, `python -m bncheck bench`); the model, input, device and seed are
 # OPTIONS' above. Defaults None: bncheck.bench's own (quick or not).
 BENCH_OPTIONS = (
     Option("modes", "comma-separated: forward_train,forward_eval,backward (default: all)", None,

@@ -118,7 +118,7 @@ def rejected(spec: str, example, cause: BaseException) -> str:
             + (_SEVERAL_INPUTS if several else ""))
 
 
-def check_runs(loaded: Loaded, settings: Settings, shape_option: str = "--bncheck-input-shape=") -> str:
+def check_runs(loaded: Loaded, settings: Settings, shape_option: str = "input_shape=") -> str:
     """One eval-mode forward of a copy on the example input, under no_grad: a usage error naming the spec and the
     input when the model rejects it (what pytest-xdist's controller checks before its workers build the plans).
     Returns the header's input label."""
@@ -134,7 +134,7 @@ def check_runs(loaded: Loaded, settings: Settings, shape_option: str = "--bnchec
 
 
 class Plan:
-    def __init__(self, loaded: Loaded, settings: Settings, *, shape_option: str = "--bncheck-input-shape="):
+    def __init__(self, loaded: Loaded, settings: Settings, *, shape_option: str = "input_shape="):
         self.spec = loaded.spec
         self.model = loaded.model  # the user's object: never run, never modified
         self.settings = settings
@@ -202,7 +202,7 @@ class Plan:
 
     def _convergence(self):
         """The model reaches 90 % test accuracy in fewer steps than its no-BN twin (assert_converges_faster with
-        its defaults, 3 seeds from --bncheck-seed) on Fashion-MNIST from --bncheck-data-root or a built-in data
+        its defaults, 3 seeds from the seed setting) on Fashion-MNIST from the data_root setting or a built-in data
         set that fits its input; skips when no data fits or the model is not a 10-class classifier."""
         from bncheck.training.convergence import assert_converges_faster
         from bncheck.training.data import for_input_shape
@@ -216,7 +216,7 @@ class Plan:
             if self.settings.data_root is not None:
                 raise
             raise BNCheckSkip(f"{self.spec}: no built-in data set for input {'x'.join(map(str, shape))} ({exc}); "
-                              f"supply Fashion-MNIST with --bncheck-data-root=DIR (FashionMNIST/raw/ with the four "
+                              f"supply Fashion-MNIST as the data_root setting (a DIR with FashionMNIST/raw/ with the four "
                               f"uncompressed IDX files), or call bncheck.assert_converges_faster(model, "
                               f"data) in a test") from None
         out = self.output

@@ -123,7 +123,7 @@ def test_shortcut_mistakes_are_one_line(spec, message):
     if spec.startswith("timm:"):
         pytest.importorskip("timm")
     with pytest.raises(BNCheckUsageError) as info:
-        load(spec)
+        load(spec, option="--bncheck-model")
     assert str(info.value).startswith(f"--bncheck-model={spec}: ") and message in str(info.value)
 
 
