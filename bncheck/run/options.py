@@ -127,8 +127,8 @@ OPTIONS = (
            "and running statistics (item model_export)", False),
 )
 
-# The benchmarks' own knobs (the plugin's benchmark items, `python -m bncheck bench`); the model, input, device and seed are
-# OPTIONS' above. Defaults None: bncheck.bench's own (quick or not).
+# The benchmarks' own knobs (the plugin's benchmark items, `python -m bncheck bench`); the model, input, device and
+# seed are OPTIONS' above. Defaults None: bncheck.bench's own (quick or not).
 BENCH_OPTIONS = (
     Option("modes", "comma-separated: forward_train,forward_eval,backward (default: all)", None,
            _bench_names("modes", "checked_modes"), "MODES"),

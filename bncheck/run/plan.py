@@ -216,8 +216,8 @@ class Plan:
             if self.settings.data_root is not None:
                 raise
             raise BNCheckSkip(f"{self.spec}: no built-in data set for input {'x'.join(map(str, shape))} ({exc}); "
-                              f"supply Fashion-MNIST as the data_root setting (a DIR with FashionMNIST/raw/ with the four "
-                              f"uncompressed IDX files), or call bncheck.assert_converges_faster(model, "
+                              f"supply Fashion-MNIST as the data_root setting (a DIR with FashionMNIST/raw/ holding "
+                              f"the four uncompressed IDX files), or call bncheck.assert_converges_faster(model, "
                               f"data) in a test") from None
         out = self.output
         if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] == data.num_classes):
