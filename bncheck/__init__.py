@@ -50,6 +50,7 @@ _EXPORTS = {
     **dict.fromkeys(["Data", "digits", "fashion_mnist", "for_input_shape", "mnist5k"], "training.data"),
     **dict.fromkeys(["assert_population_stats", "population_drift", "population_stats"], "training.population"),
     "recalibrate": "training.recalibrate",
+    "assert_convergence": "training.convergence_item",
     "assert_syncbn_matches": "syncbn",
 }
 
@@ -128,6 +129,7 @@ if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time each
         assert_tolerates_higher_lr,
         compare_convergence,
     )
+    from .training.convergence_item import assert_convergence
     from .training.data import Data, digits, fashion_mnist, for_input_shape, mnist5k
     from .training.fit import Training, fit, train
     from .training.population import assert_population_stats, population_drift, population_stats

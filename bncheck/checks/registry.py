@@ -38,8 +38,6 @@ def check(name: str, *, scope: str = "layer", level: str = "contract", trains_mo
     """
     if scope not in SCOPES or level not in LEVELS:
         raise ValueError(f"check {name!r}: scope must be one of {SCOPES} and level one of {LEVELS}")
-    if scope != "layer" and not name.startswith(f"{scope}_"):
-        raise ValueError(f"check {name!r}: a {scope} item's id starts with '{scope}_'")
 
     def register(function: Callable) -> Callable:
         REGISTRY[name] = Check(name, function, scope, level, trains_model, needs_batchnorm,

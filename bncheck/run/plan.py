@@ -28,6 +28,7 @@ from bncheck.core.state import clone, materialized
 from bncheck.core.tolerances import dtype_name
 from bncheck.run.settings import Settings
 from bncheck.syncbn.targets import check_model_layer, syncbn_targets
+from bncheck.training import convergence_item  # noqa: F401  (registers the convergence item)
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,10 @@ class Plan:
             "; no BN layer found: only the model checks that need none run" if not self.layers else "")
 
     def planned(self) -> list[Check]:
-        """The registered checks these settings ask for: layer checks, then model checks, then lints."""
-        return [c for scope in SCOPES for c in checks(scope) if c.option is None or getattr(self.settings, c.option)]
+        """The registered checks these settings ask for: layer checks, model checks, lints, then the opt-in ones."""
+        every = [c for scope in SCOPES for c in checks(scope)]
+        return ([c for c in every if c.option is None]
+                + [c for c in every if c.option is not None and getattr(self.settings, c.option)])
 
     def cases(self) -> list[Case]:
         planned = self.planned()
@@ -196,38 +199,7 @@ class Plan:
         cases += [Case(c.name, None, self._model_check(c)) for c in planned if c.scope != "layer"]
         cases += [Case(f"syncbn[{layer_label(name)}]", name, self._syncbn(name))
                   for name in syncbn_targets(self.model, convert=self.settings.syncbn)]
-        if self.settings.convergence:
-            cases.append(Case("convergence", None, self._convergence))
         return cases
-
-    def _convergence(self):
-        """The model reaches 90 % test accuracy in fewer steps than its no-BN twin (assert_converges_faster with
-        its defaults, 3 seeds from the seed setting) on Fashion-MNIST from the data_root setting or a built-in data
-        set that fits its input; skips when no data fits or the model is not a 10-class classifier."""
-        from bncheck.training.convergence import assert_converges_faster
-        from bncheck.training.data import for_input_shape
-
-        if not isinstance(self.example, torch.Tensor):
-            raise BNCheckSkip(f"{self.spec}: the convergence item needs a model with one input tensor")
-        shape = tuple(self.example.shape[1:])
-        try:
-            data = for_input_shape(shape, data_root=self.settings.data_root, seed=self.settings.seed)
-        except BNCheckUsageError as exc:
-            if self.settings.data_root is not None:
-                raise
-            raise BNCheckSkip(f"{self.spec}: no built-in data set for input {'x'.join(map(str, shape))} ({exc}); "
-                              f"supply Fashion-MNIST as the data_root setting (a DIR with FashionMNIST/raw/ holding "
-                              f"the four uncompressed IDX files), or call bncheck.assert_converges_faster(model, "
-                              f"data) in a test") from None
-        out = self.output
-        if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] == data.num_classes):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise BNCheckSkip(f"{self.spec}: the convergence item needs a {data.num_classes}-class classifier "
-                              f"(output (N, {data.num_classes}) logits), got {got}")
-        seed = self.settings.seed
-        cmp = assert_converges_faster(self.model, data, seeds=range(seed, seed + 3), device=self.settings.device,
-                                      progress=False)
-        print(cmp)  # the per-seed table, shown by pytest -rP
 
     def _syncbn(self, name: str):
         def run():

@@ -553,7 +553,7 @@ def test_plugin_convergence_skips_with_a_one_line_reason(convmodels, model, frag
     [line] = [line for line in result.outlines if line.startswith("SKIPPED")]
     assert fragment in line
     if model == "features3":
-        assert "--bncheck-data-root=DIR" in line
+        assert "supply Fashion-MNIST as the data_root setting" in line
 
 
 def _tiny_fashion(root, n_train=300, n_test=100):
