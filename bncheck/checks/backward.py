@@ -8,7 +8,7 @@ from bncheck.core.compare import check_close, matches
 from bncheck.core.errors import BNCheckError, assertion_helper
 from bncheck.core.harness import LayerCase, layer_case, params, run
 from bncheck.core.threads import single_threaded
-from bncheck.core.tolerances import tolerance
+from bncheck.core.tolerances import tolerance_for, warned_floor
 
 
 def _gradients(twin, x, dy, train: bool):
@@ -36,7 +36,7 @@ _CAUSE = "a broken backward: a detached statistic, a custom autograd.Function, o
 def assert_backward(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Gradients of the output w.r.t. x, γ and β equal the oracle's, in train mode and (when tracking) eval mode."""
     case = layer_case(layer, name, x, seed)
-    modes = ([] if case.frozen else [True]) + ([False] if case.tracks else [])
+    modes = case.modes(eval_needs_statistics=True)
     gen = torch.Generator().manual_seed(case.seed + 1)
     for probe in case.inputs:
         dy = torch.randn(probe.x.shape, generator=gen, dtype=torch.float64).to(probe.x.device)
@@ -62,7 +62,7 @@ def _compare(case: LayerCase, twin, xs, dys, train: bool, got, where: str) -> No
         expected = oracle.train_backward(xs, dys, case.eps, weight)
     else:
         expected = oracle.eval_backward(xs, dys, twin.running_mean, twin.running_var, case.eps, weight)
-    tol = tolerance(xs.dtype)
+    tol = tolerance_for("gradient", xs.dtype)
     check_close(got[0], expected.x, where=where, quantity="dx (gradient w.r.t. the input)", tol=tol,
                 axes=("sample", "channel"), cause=_CAUSE, hypotheses=[
                     ("the batch mean and variance are detached from the graph (dx misses their terms)",
@@ -84,7 +84,7 @@ def _derived(exc: BNCheckError, case: LayerCase, x, train: bool) -> BNCheckError
     else:
         expected = oracle.eval_forward(x, twin.running_mean, twin.running_var, case.eps, weight, bias)
     # float32's bound for float64 input: a layer computing below its input's precision has a right forward
-    if matches(run(twin, x, train=train), expected, tolerance(torch.float32 if x.dtype == torch.float64 else x.dtype)):
+    if matches(run(twin, x, train=train), expected, warned_floor(x.dtype)):
         return exc
     mode, check = ("train", "batch_stats") if train else ("eval", "eval_output")
     return exc.because(f"the forward output is already wrong in {mode} mode (the {check} check says how): this is "

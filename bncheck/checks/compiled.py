@@ -14,7 +14,7 @@ from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import STATISTICS, find_batchnorms
 from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, assertion_helper, one_line
 from bncheck.core.state import clone, materialized, private_rng
-from bncheck.core.tolerances import Tolerance, dtype_name, tolerance
+from bncheck.core.tolerances import Tolerance, dtype_name, tolerance_for
 
 # A model that does not run in float64 is compared in its own dtype, compiled with eager, at this
 # many times the dtype's tolerance: inductor's reordered sums round differently from eager's.
@@ -76,7 +76,7 @@ class _Run:
     def compare(self, got, eager, *, where: str, quantity: str, cause: str, axes=("channel",)) -> None:
         """`got` (compiled) against eager: at float64's tolerance (OWN_DTYPE_FACTOR times the model's dtype's when
         not in float64), its atol scaled by eager's largest magnitude."""
-        tol = tolerance(self.dtype)
+        tol = tolerance_for("output", self.dtype)
         factor = 1.0 if self.dtype == torch.float64 else OWN_DTYPE_FACTOR
         # Gradients are sums of many terms (up to 10^4 in a small resnet): their rounding scales with their size.
         finite = eager.detach().abs().nan_to_num(0.0, posinf=0.0, neginf=0.0)

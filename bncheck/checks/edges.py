@@ -9,17 +9,12 @@ from bncheck.checks.registry import check
 from bncheck.core import oracle
 from bncheck.core.compare import check_close, nonconforming
 from bncheck.core.errors import BNCheckError, BNCheckSkip, assertion_helper, one_line
-from bncheck.core.harness import LayerCase, layer_case, params, run
+from bncheck.core.harness import layer_case, params, run
 from bncheck.core.state import clone
 from bncheck.core.threads import one_thread, single_threaded
-from bncheck.core.tolerances import tolerance
+from bncheck.core.tolerances import tolerance_for
 
 LARGE_EPS = 0.1  # eps this large shows wherever a layer ignores its eps or adds it to the running variance
-
-
-def _modes(case: LayerCase) -> list[bool]:
-    """train mode where the layer has one, and eval mode."""
-    return ([] if case.frozen else [True]) + [False]
 
 
 def _mode(train: bool) -> str:
@@ -40,7 +35,7 @@ def assert_empty_batch(layer, x, *, name: str = "", seed: int = 0) -> None:
     region left rely on it). The contract does not fix N = 0: a layer that raises there is not wrong."""
     case = layer_case(layer, name, x, seed)
     empty = case.inputs[0].x[:0]
-    for train in _modes(case):
+    for train in case.modes():
         twin = case.fresh()
         before = _statistics(twin)
         where = f"{case.title}, empty batch {tuple(empty.shape)}, {_mode(train)}"
@@ -78,7 +73,7 @@ def assert_channel_mismatch(layer, x, *, name: str = "", seed: int = 0) -> None:
     base = case.inputs[0].x
     wrong = [torch.cat([base, base[:, :1]], 1)] + ([base[:, :1]] if case.channels > 1 and not case.frozen else [])
     for xs in wrong:
-        for train in _modes(case):
+        for train in case.modes():
             try:
                 y = run(case.fresh(), xs, train=train)
             except Exception:
@@ -128,13 +123,14 @@ def _follows_its_eps(layer, x, *, name: str, seed: int) -> None:
             state = oracle.RunningStats.of(twin) if case.tracks else None
             y = run(twin, probe.x, train=True)
             check_close(y, oracle.train_forward(probe.x, case.eps, weight, bias),
-                        where=case.where(probe, "train mode"), quantity="output", tol=tolerance(probe.x.dtype),
+                        where=case.where(probe, "train mode"), quantity="output",
+                        tol=tolerance_for("output", probe.x.dtype),
                         axes=("sample", "channel"), cause="eps misplaced or not the layer's own",
                         hypotheses=[(ignored, lambda: oracle.train_forward(probe.x, 1e-5, weight, bias))])
             if state is not None:
                 after = oracle.update_running(state, probe.x, case.momentum)
                 check_close(twin.running_var, after.var, where=case.where(probe, "after a train step"),
-                            quantity="running_var", tol=tolerance(torch.float32),
+                            quantity="running_var", tol=tolerance_for("statistics", twin.running_var.dtype),
                             cause="eps is added to the running variance (it belongs only inside the sqrt)")
         if case.tracks:
             twin = case.fresh()
@@ -142,7 +138,7 @@ def _follows_its_eps(layer, x, *, name: str, seed: int) -> None:
             y = run(twin, probe.x, train=False)
             expected = oracle.eval_forward(probe.x, twin.running_mean, twin.running_var, case.eps, weight, bias)
             check_close(y, expected, where=case.where(probe, "eval mode"), quantity="output",
-                        tol=tolerance(probe.x.dtype), axes=("sample", "channel"),
+                        tol=tolerance_for("output", probe.x.dtype), axes=("sample", "channel"),
                         cause="eval mode does not add the layer's eps inside the sqrt", hypotheses=[
                             (ignored, lambda: oracle.eval_forward(probe.x, twin.running_mean, twin.running_var, 1e-5,
                                                                   weight, bias))])
@@ -170,13 +166,14 @@ def assert_grad_modes(layer, x, *, name: str = "", seed: int = 0) -> None:
     (batch statistics, statistics updated) and in eval mode (running statistics)."""
     case = layer_case(layer, name, x, seed)
     probe = case.inputs[0]
-    for train in _modes(case):
+    for train in case.modes():
         expected = _in_grad_mode(case.fresh(), probe.x, train)
         for label, mode in _GRAD_MODES.items():
             got = _in_grad_mode(case.fresh(), probe.x, train, mode)
             for (quantity, a), (_, b) in zip(got, expected):
                 check_close(a, b, where=case.where(probe, _mode(train), label),
-                            quantity=f"{quantity} vs with gradients enabled", tol=tolerance(probe.x.dtype),
+                            quantity=f"{quantity} vs with gradients enabled",
+                            tol=tolerance_for("output", probe.x.dtype),
                             axes=("sample", "channel") if quantity == "output" else ("channel",),
                             cause="the layer decides between batch and running statistics (or whether to update "
                                   "them) by the autograd mode (torch.is_grad_enabled(), x.requires_grad) instead "

@@ -16,12 +16,7 @@ from bncheck.core.harness import LayerCase, layer_case, params, run
 from bncheck.core.reference import torch_output
 from bncheck.core.state import Snapshot, clone, materialized
 from bncheck.core.threads import one_thread, single_threaded
-from bncheck.core.tolerances import tolerance
-
-
-def _modes(case: LayerCase) -> list[bool]:
-    """Eval mode; a frozen BN must behave the same in train mode too."""
-    return [False, True] if case.frozen else [False]
+from bncheck.core.tolerances import tolerance_for
 
 
 @check("eval_output")
@@ -31,7 +26,7 @@ def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
     """Eval output is (x − running_mean)/sqrt(running_var + eps)·γ + β; batch stats when not tracking."""
     case = layer_case(layer, name, x, seed)
     for probe in case.inputs:
-        for train in _modes(case):
+        for train in case.eval_like_modes():
             twin = case.fresh()
             weight, bias = params(twin)
             batch = lambda: oracle.train_forward(probe.x, case.eps, weight, bias)  # noqa: E731
@@ -43,7 +38,7 @@ def assert_eval_output(layer, x, *, name: str = "", seed: int = 0) -> None:
             reference = functools.partial(torch_output, twin, probe.x, train=not case.tracks, eps=case.eps)
             y = run(twin, probe.x, train=train)
             check_close(y, expected, where=case.where(probe, "train mode" if train else "eval mode"),
-                        quantity="output", tol=tolerance(probe.x.dtype), axes=("sample", "channel"),
+                        quantity="output", tol=tolerance_for("output", probe.x.dtype), axes=("sample", "channel"),
                         hypotheses=hypotheses, reference=reference,
                         cause="eval mode does not normalize with the running statistics and the layer's eps")
 
@@ -75,7 +70,7 @@ assert_model_eval_state = assert_eval_no_state_change = assert_eval_state_unchan
 def _layer_eval_state(layer, x, *, name: str, seed: int) -> None:
     case = layer_case(layer, name, x, seed)
     for probe in case.inputs:
-        for train in _modes(case):
+        for train in case.eval_like_modes():
             twin = case.fresh()
             twin.train(train)
             before = Snapshot.of(twin)
@@ -169,7 +164,7 @@ def _eval_single_sample(model: nn.Module, x, *, name: str, seed: int, samples: i
                        "the output structure depends on the batch size")
         for k, (a, b) in enumerate(zip(alone, batch[i])):
             check_close(a, b, where=f"{where}, eval mode, sample {i} alone vs in a batch of {n}",
-                        quantity=f"output {k}" if len(alone) > 1 else "output", tol=tolerance(b.dtype),
+                        quantity=f"output {k}" if len(alone) > 1 else "output", tol=tolerance_for("output", b.dtype),
                         axes=("sample", "channel"), reference=lambda: None if precise() is None else precise()[i][k],
                         cause=_BATCH_STATS_IN_EVAL)
 

@@ -2,8 +2,6 @@
 the running statistics it holds (no batch_norm op with training=True), and holds them as the model has them, before
 and after it runs."""
 
-import copy
-
 import torch
 from torch import nn
 
@@ -13,7 +11,7 @@ from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import STATISTICS, find_batchnorms
 from bncheck.core.errors import BNCheckSkip, assertion_helper, one_line
 from bncheck.core.state import clone, materialized
-from bncheck.core.tolerances import tolerance
+from bncheck.core.tolerances import tolerance_for
 
 
 def batch_statistics_ops(program) -> list[str]:
@@ -63,7 +61,7 @@ def assert_export_matches(model: nn.Module, x, *, name: str = "", program=None) 
         except Exception as exc:  # eager runs this model: the failure is the exporter's, not BN's
             raise BNCheckSkip(f"{title}: torch.export could not export the model: {one_line(exc)}") from exc
     else:
-        program = copy.deepcopy(program)  # running it may write to the caller's model's buffers
+        program = clone(program)  # running it may write to the caller's model's buffers
     where = f"{title}, exported program vs eager eval"
     expected_stats = _statistics(twin)
     for key, value in expected_stats.items():
@@ -71,7 +69,8 @@ def assert_export_matches(model: nn.Module, x, *, name: str = "", program=None) 
         if held is None:
             raise fail(where, f"the program holds no {key}", "the running statistics are not buffers of the "
                               "module (plain attributes or tensors created in forward): export cannot carry them")
-        check_close(held, value, where=where, quantity=f"{key} held by the program", tol=tolerance(torch.float64),
+        check_close(held, value, where=where, quantity=f"{key} held by the program",
+                    tol=tolerance_for("identical", value.dtype),
                     cause="the program was exported from another state of the model (exported before training, "
                           "or from a copy that ran in train mode)")
     training_ops = batch_statistics_ops(program)
@@ -87,13 +86,13 @@ def assert_export_matches(model: nn.Module, x, *, name: str = "", program=None) 
         raise fail(where, f"the program returns {len(got)} floating-point outputs, eager {len(expected)}",
                    "the exported forward is not the eager one")
     for k, (g, e) in enumerate(zip(got, expected)):
-        check_close(g, e, where=where, quantity=f"output {k}", tol=tolerance(e.dtype), axes=("sample",),
+        check_close(g, e, where=where, quantity=f"output {k}", tol=tolerance_for("output", e.dtype), axes=("sample",),
                     equal_nan=True, cause="the exported forward normalizes differently from eager eval (a branch on "
                                           "torch.compiler.is_exporting(), or the program exported in train mode)")
     for key, value in expected_stats.items():
         check_close(_held(program, key), value, where=f"{where}, after running the program", quantity=key,
-                    tol=tolerance(torch.float64), cause="the program updates running statistics at inference: it "
-                                                        "was exported in train mode")
+                    tol=tolerance_for("identical", value.dtype),
+                    cause="the program updates running statistics at inference: it was exported in train mode")
 
 
 assert_model_export = assert_export_matches  # the item's name (a documented alias)

@@ -13,7 +13,7 @@ from bncheck.core.errors import BNCheckSkip, BNCheckWarning, assertion_helper, o
 from bncheck.core.harness import LayerCase, layer_case, params, run
 from bncheck.core.reference import torch_batch_norm, torch_output
 from bncheck.core.threads import single_threaded
-from bncheck.core.tolerances import FUSION, LOW_PRECISION, dtype_name, runs_batch_norm, tolerance
+from bncheck.core.tolerances import FUSION, LOW_PRECISION, dtype_name, runs_batch_norm, tolerance_for
 
 
 @check("dtype", settings={"dtype": "dtypes"})
@@ -33,7 +33,7 @@ def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISIO
     for dtype in usable:
         for probe in case.inputs:
             xs = probe.x.to(dtype)
-            for train in ([False] if case.frozen else [True, False]):
+            for train in case.modes():
                 twin = case.fresh(dtype if case.frozen else torch.float32)
                 weight, bias = params(twin)
                 where = case.where(probe, f"{dtype} input", "train mode" if train else "eval mode")
@@ -45,7 +45,7 @@ def assert_dtype(layer, x, *, name: str = "", seed: int = 0, dtypes=LOW_PRECISIO
                     expected = oracle.train_forward(xs, case.eps, weight, bias)
                 else:
                     expected = oracle.eval_forward(xs, twin.running_mean, twin.running_var, case.eps, weight, bias)
-                check_close(y, expected, where=where, quantity="output", tol=tolerance(dtype),
+                check_close(y, expected, where=where, quantity="output", tol=tolerance_for("output", dtype),
                             axes=("sample", "channel"), reference=reference,
                             cause="low-precision arithmetic in the statistics (accumulate in float32), or the wrong "
                                   "statistics for this dtype")
@@ -72,7 +72,7 @@ def assert_memory_format(layer, x, *, name: str = "", seed: int = 0) -> None:
         raise BNCheckSkip(f"{case.title}: channels_last applies to 4-D and 5-D inputs only, got {x.dim()}-D")
     fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     for probe in case.inputs:
-        for train in ([False] if case.frozen else [True, False]):
+        for train in case.modes():
             where = case.where(probe, "channels_last", "train mode" if train else "eval mode")
             plain, strided = case.fresh(), case.fresh()
             contiguous, channels_last = probe.x.contiguous(), probe.x.contiguous(memory_format=fmt)
@@ -87,7 +87,7 @@ def assert_memory_format(layer, x, *, name: str = "", seed: int = 0) -> None:
                 comparisons += [(key, getattr(strided, key), getattr(plain, key))
                                 for key in ("running_mean", "running_var")]
             for k, (quantity, a, b) in enumerate(comparisons):
-                tol = tolerance(probe.x.dtype)
+                tol = tolerance_for("output", probe.x.dtype)
                 if None not in references:
                     tol = tol.allowing(deviation(references[1][k], references[0][k]))
                 check_close(a, b, where=where, quantity=f"{quantity} vs contiguous input", tol=tol,
@@ -100,7 +100,7 @@ def _layout_precision(case: LayerCase, x: torch.Tensor):
     try:
         with torch.no_grad():
             case.fresh(torch.float64).train(not case.frozen)(x[:2].double())
-        return torch.float64, tolerance(torch.float64)
+        return torch.float64, tolerance_for("output", torch.float64)
     except (RuntimeError, TypeError, NotImplementedError):
         return x.dtype, FUSION
 
@@ -151,7 +151,7 @@ def assert_non_contiguous(layer, x, *, name: str = "", seed: int = 0) -> None:
     dy = torch.randn(xs.shape, generator=torch.Generator().manual_seed(case.seed + 2), dtype=torch.float64).to(xs)
     expected = {}  # the contiguous copy's outcome, per mode and values (transposed and sliced hold x's values)
     for layout, strided in _layouts(xs).items():
-        for train in ([False] if case.frozen else [True, False]):
+        for train in case.modes():
             where = case.where(probe, f"{layout} ({'non-' if not strided.is_contiguous() else ''}contiguous, "
                                       f"strides {strided.stride()}, {dtype_name(dtype)})",
                                "train mode" if train else "eval mode")

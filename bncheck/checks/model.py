@@ -2,8 +2,6 @@
 ops obeying their module's mode, and conv→BN fusion. Each runs on copies of the model: f(model, x, *, name) -> None
 or raises BNCheckError."""
 
-import copy
-
 import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
@@ -16,7 +14,7 @@ from bncheck.core.compare import check_close, fail, matches
 from bncheck.core.discover import find_batchnorms, is_frozen
 from bncheck.core.errors import BNCheckSkip, assertion_helper
 from bncheck.core.state import clone, materialized, without_extensions
-from bncheck.core.tolerances import FUSION, tolerance
+from bncheck.core.tolerances import FUSION, tolerance_for
 
 FUSION_SAMPLES = 2  # fusion is per sample in eval mode: two samples of each producer's real input show it
 
@@ -56,7 +54,7 @@ def assert_model_train_vs_eval(model: nn.Module, x, *, name: str = "") -> None:
     for bn_name in bns:
         twin.get_submodule(bn_name).train()
     train_out = _run(twin, x, train=None)
-    if all(matches(a, b, tolerance(torch.float64)) for a, b in zip(train_out, eval_out)):
+    if all(matches(a, b, tolerance_for("identical", b.dtype)) for a, b in zip(train_out, eval_out)):
         raise fail(f"{_title(model, name)}", "train-mode and eval-mode outputs are identical",
                    "the BN layers ignore the module's mode (train() has no effect), or the model is never "
                    "switched: check overridden train()/eval() and functional batch_norm calls")
@@ -82,7 +80,7 @@ def assert_model_state_dict_roundtrip(model: nn.Module, x, *, name: str = "") ->
                           f"there is nothing to compare")
     for k, (a, b) in enumerate(zip(expected, _run(restored, x, train=False))):
         check_close(b, a, where=f"{_title(model, name)}, eval mode after a train step and a state_dict round trip",
-                    quantity=f"output {k}", tol=tolerance(torch.float64), axes=("sample",), equal_nan=True,
+                    quantity=f"output {k}", tol=tolerance_for("identical", a.dtype), axes=("sample",), equal_nan=True,
                     cause="some BN state is not in the state_dict: running statistics kept as plain attributes "
                           "or non-persistent buffers do not survive saving and loading")
 
@@ -145,7 +143,7 @@ def _fusable(producer: nn.Module, bn: nn.Module) -> bool:
 def _fused_outputs(producer: nn.Module, bn: nn.Module, x: torch.Tensor, dtype: torch.dtype):
     """(fused, unfused) eval outputs of producer → BN on x, on copies in `dtype`; the BN without its extension
     children (the activation of a BN + act layer): like is compared with like."""
-    p, b = copy.deepcopy(producer).to(dtype), without_extensions(copy.deepcopy(bn)).to(dtype)
+    p, b = clone(producer).to(dtype), without_extensions(clone(bn)).to(dtype)
     fused = (fuse_conv_bn_eval(p, b, transpose=isinstance(p, _ConvTransposeNd)) if isinstance(p, _ConvNd)
              else fuse_linear_bn_eval(p, b))
     with torch.no_grad():
@@ -157,10 +155,10 @@ def _fused_pair(producer: nn.Module, bn: nn.Module, x: torch.Tensor):
     else in float64, so that only the BN's own eval formula can tell them apart (deep, wide or large-valued layers
     round differently in float32); in x's dtype at the looser FUSION bound where a layer does not run in float64."""
     fused, unfused = _fused_outputs(producer, bn, x, x.dtype)
-    if matches(fused, unfused, tolerance(torch.float32)):
-        return fused, unfused, tolerance(torch.float32)
+    if matches(fused, unfused, tolerance_for("fusion", x.dtype)):
+        return fused, unfused, tolerance_for("fusion", x.dtype)
     try:
-        return *_fused_outputs(producer, bn, x, torch.float64), tolerance(torch.float32)
+        return *_fused_outputs(producer, bn, x, torch.float64), tolerance_for("fusion", torch.float64)
     except (RuntimeError, TypeError):
         return fused, unfused, FUSION
 

@@ -15,7 +15,7 @@ from bncheck.core.errors import BNCheckError, BNCheckSkip, assertion_helper
 from bncheck.core.harness import DEFAULT_EPS, DEFAULT_MOMENTUM
 from bncheck.core.reference import torch_batch_norm
 from bncheck.core.state import clone, materialized
-from bncheck.core.tolerances import tolerance
+from bncheck.core.tolerances import tolerance_for
 
 
 def _checked_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -107,7 +107,7 @@ def _compare(bn: nn.Module, state: oracle.RunningStats, steps, start: nn.Module,
     inputs = [xs for xs, training in steps if training]
     dtype = inputs[0].dtype if inputs else torch.float32
     for key, want in (("running_mean", state.mean), ("running_var", state.var)):
-        check_close(getattr(bn, key), want, where=where, quantity=key, tol=tolerance(dtype),
+        check_close(getattr(bn, key), want, where=where, quantity=key, tol=tolerance_for("statistics", dtype),
                     reference=lambda key=key: _torch_updates(start, inputs, key),
                     cause="the layer's statistics do not follow from its own inputs: updated outside its forward "
                           "(a hook, another module, a functional batch_norm on its buffers), or shared with "
@@ -128,7 +128,7 @@ def _same_alone(bn: nn.Module, start: nn.Module, steps) -> bool:
                 alone.train(training)(xs)
     except Exception:  # alone, it does not even run: the model is what differs
         return False
-    return all(matches(getattr(bn, key), getattr(alone, key), tolerance(torch.float32))
+    return all(matches(getattr(bn, key), getattr(alone, key), tolerance_for("statistics", getattr(alone, key).dtype))
                for key in ("running_mean", "running_var"))
 
 

@@ -1,6 +1,5 @@
 """Running statistics: the momentum update of mean, unbiased variance and num_batches_tracked."""
 
-import torch
 
 from bncheck.checks.registry import check
 from bncheck.core import oracle
@@ -10,7 +9,7 @@ from bncheck.core.errors import assertion_helper
 from bncheck.core.harness import LayerCase, layer_case, run
 from bncheck.core.state import Snapshot
 from bncheck.core.threads import single_threaded
-from bncheck.core.tolerances import tolerance
+from bncheck.core.tolerances import tolerance_for
 
 
 def _bug_variants(state: oracle.RunningStats, x, momentum, eps):
@@ -60,7 +59,7 @@ def assert_running_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
             run(twin, probe.x, train=True)
             state = oracle.update_running(state, probe.x, momentum)
             where = case.where(probe, f"momentum={momentum}, after train batch {step}")
-            tol = tolerance(torch.float32)
+            tol = tolerance_for("statistics", twin.running_var.dtype)
             check_close(twin.running_mean, state.mean, where=where, quantity="running_mean", tol=tol,
                         hypotheses=[(c, lambda v=mean: v) for c, mean, _ in variants],
                         cause="wrong running-mean update (momentum convention, or the wrong batch mean)")

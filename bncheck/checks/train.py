@@ -11,7 +11,7 @@ from bncheck.core.errors import assertion_helper
 from bncheck.core.harness import layer_case, params, run
 from bncheck.core.reference import torch_output
 from bncheck.core.threads import single_threaded
-from bncheck.core.tolerances import tolerance
+from bncheck.core.tolerances import tolerance_for
 
 
 @check("standardization")
@@ -32,7 +32,7 @@ def assert_standardization(layer, x, *, name: str = "", seed: int = 0) -> None:
         reference = _reference_stats(twin, probe.x, case.eps)
         y = run(twin, probe.x, train=True)
         stats_in, stats_out = oracle.batch_stats(probe.x), oracle.batch_stats(y)
-        tol = tolerance(probe.x.dtype)
+        tol = tolerance_for("output", probe.x.dtype)
         cause = "the layer does not standardize each channel over N and the spatial dims (dims other than 1)"
         check_close(stats_out.mean, torch.zeros_like(stats_out.mean), where=case.where(probe),
                     quantity="per-channel mean of the output (γ=1, β=0)", tol=tol,
@@ -78,7 +78,7 @@ def assert_batch_stats(layer, x, *, name: str = "", seed: int = 0) -> None:
         reference = functools.partial(torch_output, twin, xp, train=True, eps=eps)
         y = run(twin, probe.x, train=True)
         check_close(y, oracle.train_forward(xp, eps, weight, bias), where=case.where(probe, "train mode"),
-                    quantity="output", tol=tolerance(probe.x.dtype), axes=("sample", "channel"),
+                    quantity="output", tol=tolerance_for("output", probe.x.dtype), axes=("sample", "channel"),
                     hypotheses=hypotheses, reference=reference,
                     cause="wrong batch statistics: reduction over the wrong dims, a wrong variance, or eps misplaced")
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from bncheck.core.errors import BNCheckError, BNCheckWarning, BNConformanceWarning
-from bncheck.core.tolerances import TOLERANCES, Tolerance
+from bncheck.core.tolerances import BELOW_INPUT_PRECISION, TOLERANCES, Tolerance
 
 
 def _values(expected: float, got: float) -> str:
@@ -82,12 +82,7 @@ def check_close(got, expected, *, where: str, quantity: str, tol: Tolerance, cau
             close = _close(got64, exp64, tol, equal_nan)
     if bool(close.all()):
         return
-    float32 = TOLERANCES[torch.float32]
-    if got.dtype == torch.float64 and tol.rtol < float32.rtol and bool(_close(got64, exp64, float32, equal_nan).all()):
-        warnings.warn(BNCheckWarning(
-            f"{where}: {quantity} is within float32's tolerance of the float64 oracle but not float64's ({tol}). "
-            f"Likely cause: the layer computes in float32 on float64 input (below its input's precision)"),
-            stacklevel=3)
+    if _below_precision(got.dtype, got64, exp64, tol, equal_nan, where=where, quantity=quantity):
         return
     diff = (got64 - exp64).abs().nan_to_num(nan=float("inf"))
     excess = (diff - tol.atol - tol.rtol * exp64.abs()).flatten()
@@ -104,6 +99,19 @@ def check_close(got, expected, *, where: str, quantity: str, tol: Tolerance, cau
         f"{where}: {quantity} differs from the float64 oracle in {bad} of {close.numel()} elements "
         f"({tol}); worst at {index}: {_values(exp_v, got_v)}. Likely cause: {cause}",
         where=where, quantity=quantity, expected=exp_v, got=got_v, index=index, tolerance=tol, cause=cause)
+
+
+def _below_precision(dtype: torch.dtype, got64: torch.Tensor, exp64: torch.Tensor, tol: Tolerance, equal_nan: bool,
+                     *, where: str, quantity: str) -> bool:
+    """Whether the precision policy (BELOW_INPUT_PRECISION) lets a result outside `tol` pass, warning that it does."""
+    policy = BELOW_INPUT_PRECISION
+    floor = TOLERANCES[policy.floor]
+    if dtype != policy.dtype or tol.rtol >= floor.rtol or not bool(_close(got64, exp64, floor, equal_nan).all()):
+        return False
+    warnings.warn(BNCheckWarning(
+        f"{where}: {quantity} is within {policy.floor}'s tolerance of the float64 oracle but not {policy.dtype}'s "
+        f"({tol}). Likely cause: {policy.cause}".replace("torch.", "")), stacklevel=4)
+    return True
 
 
 def fail(where: str, what: str, cause: str) -> BNCheckError:

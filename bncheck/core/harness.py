@@ -1,6 +1,5 @@
 """A layer under test: the user's layer (never touched), its inputs, and prepared copies to run checks on."""
 
-import copy
 import weakref
 from dataclasses import dataclass, field
 
@@ -12,7 +11,7 @@ from torch.nn.parameter import is_lazy
 from bncheck.core.discover import is_frozen, kind_of
 from bncheck.core.errors import BNCheckSkip, BNCheckUsageError
 from bncheck.core.probes import Probe, probes
-from bncheck.core.state import clone, materialized, without_extensions
+from bncheck.core.state import clone, copied, materialized, without_extensions
 
 DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.1
@@ -91,6 +90,15 @@ class LayerCase:
     def where(self, probe: Probe, *extra: str) -> str:
         return ", ".join([self.title, probe.label, *extra])
 
+    def modes(self, *, eval_needs_statistics: bool = False) -> list[bool]:
+        """The modes a check runs the layer in (True: train): train where the layer has one (not a frozen BN), then
+        eval (with eval_needs_statistics, only where it keeps running statistics)."""
+        return ([] if self.frozen else [True]) + ([False] if self.tracks or not eval_needs_statistics else [])
+
+    def eval_like_modes(self) -> list[bool]:
+        """The modes that must behave as eval mode: eval, and train mode too for a frozen BN."""
+        return [False, True] if self.frozen else [False]
+
     def require_train_mode(self):
         if self.frozen:
             raise BNCheckSkip(f"{self.title}: a frozen BN has no train mode")
@@ -144,45 +152,6 @@ def layer_case(layer: nn.Module, name: str, x: torch.Tensor, seed: int = 0) -> L
     case = LayerCase(layer, name, x, seed)
     _CASES[layer] = (key, x, x._version, case)
     return case
-
-
-_SIMPLE = (bool, int, float, str, type(None), torch.dtype, torch.device)
-
-
-def _plain(value) -> bool:
-    return isinstance(value, _SIMPLE) or (isinstance(value, tuple) and all(isinstance(v, _SIMPLE) for v in value))
-
-
-def copied(module: nn.Module) -> nn.Module:
-    """A deep copy of `module`, fast for a module made of tensors, plain values and such children (a BN layer):
-    the checks copy each prepared layer thousands of times, and copy.deepcopy spends most of its time on the
-    module's bookkeeping. Anything else (a custom __deepcopy__, other attributes) goes through copy.deepcopy."""
-    if hasattr(type(module), "__deepcopy__") or any(type(p) is not nn.Parameter
-                                                    for p in module._parameters.values() if p is not None):
-        return copy.deepcopy(module)
-    fields = {}
-    for key, value in vars(module).items():
-        if key == "_parameters":
-            value = {k: None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad)
-                     for k, p in value.items()}
-        elif key == "_buffers":
-            value = {k: None if b is None else b.clone() for k, b in value.items()}
-        elif key == "_modules":
-            value = {k: None if m is None else copied(m) for k, m in value.items()}
-        elif isinstance(value, torch.Tensor):
-            value = value.clone()
-        elif isinstance(value, dict):
-            if any(not _plain(v) and not callable(v) for v in value.values()):
-                return copy.deepcopy(module)
-            value = type(value)(value)
-        elif isinstance(value, set) and all(_plain(v) for v in value):
-            value = set(value)
-        elif not _plain(value):
-            return copy.deepcopy(module)
-        fields[key] = value
-    twin = object.__new__(type(module))
-    twin.__dict__.update(fields)
-    return twin
 
 
 def nonfinite(x: torch.Tensor) -> str:

@@ -10,8 +10,11 @@ from torch import nn
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter, is_lazy
 
 
-def clone(module: nn.Module) -> nn.Module:
-    """A deep copy that also works on Lazy modules whose parameters are still uninitialized."""
+def clone(module):
+    """A deep copy of a module (also of a Lazy one whose parameters are still uninitialized) or of another object
+    that holds tensors (an ExportedProgram)."""
+    if not isinstance(module, nn.Module):
+        return copy.deepcopy(module)
     memo = {}
     for p in module.parameters():
         if is_lazy(p):
@@ -20,6 +23,45 @@ def clone(module: nn.Module) -> nn.Module:
         if is_lazy(b):
             memo[id(b)] = UninitializedBuffer(requires_grad=False, device=b.device, dtype=b.dtype)
     return copy.deepcopy(module, memo)
+
+
+_SIMPLE = (bool, int, float, str, type(None), torch.dtype, torch.device)
+
+
+def _plain(value) -> bool:
+    return isinstance(value, _SIMPLE) or (isinstance(value, tuple) and all(isinstance(v, _SIMPLE) for v in value))
+
+
+def copied(module: nn.Module) -> nn.Module:
+    """A deep copy of `module`, fast for a module made of tensors, plain values and such children (a BN layer):
+    the checks copy each prepared layer thousands of times, and copy.deepcopy spends most of its time on the
+    module's bookkeeping. Anything else (a custom __deepcopy__, other attributes) goes through copy.deepcopy."""
+    if hasattr(type(module), "__deepcopy__") or any(type(p) is not nn.Parameter
+                                                    for p in module._parameters.values() if p is not None):
+        return copy.deepcopy(module)
+    fields = {}
+    for key, value in vars(module).items():
+        if key == "_parameters":
+            value = {k: None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad)
+                     for k, p in value.items()}
+        elif key == "_buffers":
+            value = {k: None if b is None else b.clone() for k, b in value.items()}
+        elif key == "_modules":
+            value = {k: None if m is None else copied(m) for k, m in value.items()}
+        elif isinstance(value, torch.Tensor):
+            value = value.clone()
+        elif isinstance(value, dict):
+            if any(not _plain(v) and not callable(v) for v in value.values()):
+                return copy.deepcopy(module)
+            value = type(value)(value)
+        elif isinstance(value, set) and all(_plain(v) for v in value):
+            value = set(value)
+        elif not _plain(value):
+            return copy.deepcopy(module)
+        fields[key] = value
+    twin = object.__new__(type(module))
+    twin.__dict__.update(fields)
+    return twin
 
 
 def materialized(module: nn.Module, example_input) -> nn.Module:

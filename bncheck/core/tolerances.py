@@ -65,6 +65,47 @@ def tolerance(dtype: torch.dtype) -> Tolerance:
     """The tolerance for results computed in `dtype` (float32's for anything not listed)."""
     return TOLERANCES.get(dtype, TOLERANCES[torch.float32])
 
+
 # Fused conv/linear+BN reorders float32 sums over the receptive field: a looser bound than one BN op (used when
 # a pair cannot run in float64).
 FUSION = Tolerance(rtol=1e-3, atol=1e-3)
+
+_LOW = (torch.float16, torch.bfloat16)
+
+# The dtype whose row judges each quantity, from the dtype the compared values were computed in. A false alarm of
+# one kind of comparison is fixed here, once.
+QUANTITIES = {
+    "output": lambda dtype: dtype,  # a forward's output: the input's dtype
+    "gradient": lambda dtype: dtype,
+    # running statistics are float32 state whatever the input, unless the model itself is held in half
+    "statistics": lambda dtype: dtype if dtype in _LOW else torch.float32,
+    # two runs of one computation that must agree (train vs eval outputs, a state_dict round trip, a program's
+    # held state): float64's row, as good as identical
+    "identical": lambda dtype: torch.float64,
+    # a fused conv/linear→BN against the unfused pair, computed in float64 where it runs there
+    "fusion": lambda dtype: torch.float32 if dtype in (torch.float32, torch.float64) else dtype,
+}
+
+
+def tolerance_for(quantity: str, dtype: torch.dtype) -> Tolerance:
+    """The tolerance for `quantity` (one of QUANTITIES) computed in `dtype`."""
+    return tolerance(QUANTITIES[quantity](dtype))
+
+
+@dataclass(frozen=True)
+class PrecisionPolicy:
+    """A result in `dtype` outside its own row but within `floor`'s is a BNCheckWarning (`cause`), not a failure."""
+
+    dtype: torch.dtype
+    floor: torch.dtype
+    cause: str
+
+
+# A float64 layer that computes in float32 is right, only below its input's precision.
+BELOW_INPUT_PRECISION = PrecisionPolicy(torch.float64, torch.float32,
+                                        "the layer computes in float32 on float64 input (below its input's precision)")
+
+
+def warned_floor(dtype: torch.dtype) -> Tolerance:
+    """The loosest bound a result in `dtype` may meet and still pass (with a warning, BELOW_INPUT_PRECISION)."""
+    return tolerance(BELOW_INPUT_PRECISION.floor if dtype == BELOW_INPUT_PRECISION.dtype else dtype)

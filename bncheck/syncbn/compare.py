@@ -9,7 +9,7 @@ from torch import nn
 from bncheck.core import oracle
 from bncheck.core.compare import check_close
 from bncheck.core.harness import nontrivial_state, set_state
-from bncheck.core.tolerances import Tolerance, tolerance
+from bncheck.core.tolerances import Tolerance, tolerance_for
 
 __all__ = ["Setup", "build_setup", "compare", "run_rank"]
 
@@ -137,7 +137,7 @@ def compare(setup: Setup, got: list[dict]) -> None:
     differs from the float64 oracle on the whole batch."""
     sizes, ws = setup.batch_sizes, setup.world_size
     starts = _offsets(sizes)
-    tol = tolerance(setup.dtype)
+    tol = tolerance_for("output", setup.dtype)
     unequal = len(set(sizes)) > 1
     state = None
     if setup.tracks:
@@ -174,7 +174,8 @@ def compare(setup: Setup, got: list[dict]) -> None:
             if state is None:
                 continue
             for key, expected in (("running_mean", state.mean), ("running_var", state.var)):
-                check_close(record[key], expected, where=where, quantity=key, tol=tolerance(record[key].dtype),
+                check_close(record[key], expected, where=where, quantity=key,
+                            tol=tolerance_for("statistics", record[key].dtype),
                             cause="the running statistics are not updated from the global batch (the variance "
                                   "unbiased with the global count n/(n−1))")
             if record.get("num_batches_tracked") is not None:

@@ -6,7 +6,7 @@ Property-test your own BN against bncheck's float64 oracle::
     from bncheck.core import oracle
     from bncheck.core.compare import check_close
     from bncheck.strategies import bn_case
-    from bncheck.core.tolerances import tolerance
+    from bncheck.core.tolerances import tolerance_for
 
     @given(bn_case())
     def test_my_bn_matches_the_oracle(case):
@@ -14,8 +14,8 @@ Property-test your own BN against bncheck's float64 oracle::
         layer.load_state_dict(case.make_layer().state_dict())  # the case's non-trivial γ, β, running stats
         y = layer.train()(case.x)
         expected = oracle.train_forward(case.x, case.config.eps, case.weight, case.bias)
-        check_close(y, expected, where="MyBatchNorm", quantity="train output", tol=tolerance(case.x.dtype),
-                    cause="see the contract", axes=("sample", "channel"))
+        check_close(y, expected, where="MyBatchNorm", quantity="train output",
+                    tol=tolerance_for("output", case.x.dtype), cause="see the contract", axes=("sample", "channel"))
 
 A complete runnable example (train output, running statistics and eval output), and the property tests bncheck runs
 on torch's BN and on the oracle: docs/PROPERTIES.md.

@@ -61,8 +61,9 @@ def test_plugin_run_on_resnet18(benchmark, tmp_path):
     assert f"{20 * len(LAYER_CHECKS) + len(MODEL_CHECKS) + len(LINTS)} passed" in out  # resnet18: 20 BN layers
 
 
-@pytest.mark.slow
+@pytest.mark.timing
 def test_import_share_of_a_plugin_run(benchmark):
+    """A measurement only (docs/PERFORMANCE.md's bare-imports figure): it belongs to the bench session."""
     benchmark.pedantic(_run, args=(IMPORTS,), rounds=3, iterations=1)
 
 
