@@ -17,10 +17,11 @@ from torch import nn
 
 from bncheck.bench.cases import benchmark_cases, case_threads, cudnn_flag, layer_inputs
 from bncheck.bench.results import Result, fmt_time, measure, noise_warning
-from bncheck.core.errors import BNCheckUsageError
+from bncheck.core.spec import Loaded
 from bncheck.core.tolerances import dtype_name
 from bncheck.run.options import BENCH_OPTIONS, DEFAULT_BATCH_SIZE, OPTIONS, Option
-from bncheck.run.settings import OPTIONS_BY_NAME, bench_settings_from
+from bncheck.run.plan import example_input
+from bncheck.run.settings import OPTIONS_BY_NAME, bench_settings_from, settings_from
 
 SHARED = ("input_shape", "batch_size", "device", "seed")  # OPTIONS the benchmarks take too
 
@@ -100,23 +101,14 @@ def run_bench(spec_or_model: str | nn.Module, input_shape: Sequence[int] | str |
     if unknown:
         raise TypeError(f"run_bench() got unexpected keyword arguments {', '.join(unknown)}")
     bench = bench_settings_from(knobs)
-    batch_size = OPTIONS_BY_NAME["batch_size"].parse(str(batch_size))  # the check's rule: train-mode BN needs n > 1
-    seed = OPTIONS_BY_NAME["seed"].parse(str(seed))
+    # the checks' own rules and example input: train-mode BN needs n > 1, the input-shape setting wins
+    settings = settings_from({"input_shape": input_shape, "batch_size": batch_size, "seed": seed})
     if isinstance(spec_or_model, nn.Module):
-        spec, model, example = type(spec_or_model).__name__, spec_or_model, getattr(spec_or_model, "example_input",
-                                                                                     None)
+        loaded = Loaded(type(spec_or_model).__name__, spec_or_model, getattr(spec_or_model, "example_input", None))
     else:
-        loaded = spec_mod.load(spec_or_model, option=None, seed=seed)
-        spec, model, example = loaded.spec, loaded.model, loaded.example_input
-        if example is None and input_shape is None:
-            input_shape = loaded.input_shape  # the shape torchvision or timm states for a model named by them
-    if isinstance(input_shape, str):
-        input_shape = OPTIONS_BY_NAME["input_shape"].parse(input_shape)
-    if input_shape is not None:
-        example = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed))
-    if example is None:
-        raise BNCheckUsageError(f"{spec}: no input shape: pass --input-shape C,H,W (one sample, without the batch "
-                                f"dim), or give the model an `example_input` attribute")
+        loaded = spec_mod.load(spec_or_model, option=None, seed=settings.seed)
+    model = loaded.model
+    example, _ = example_input(loaded, settings, "--input-shape ")
     dev = OPTIONS_BY_NAME["device"].parse(device) if isinstance(device, str) else torch.device(device)
     if isinstance(dtypes, str):
         dtypes = [d for d in dtypes.replace(" ", "").split(",") if d]

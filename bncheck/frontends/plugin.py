@@ -237,23 +237,25 @@ def pytest_terminal_summary(terminalreporter, config):
     if not _specs(config):  # a run without bncheck's items imports nothing of bncheck's (nor torch)
         return
     from bncheck.core.discover import layer_label
+    from bncheck.run.report import Outcome, Report
 
-    counts: dict[str, dict[str, int]] = {}
-    for outcome in ("passed", "failed", "skipped", "error"):
+    reports: dict[str, Report] = {}  # by model: the one outcome model check_model returns too
+    for outcome, status in (("passed", "passed"), ("failed", "failed"), ("skipped", "skipped"), ("error", "failed")):
         for report in terminalreporter.stats.get(outcome, []):
             props = dict(getattr(report, "user_properties", ()))
             if "bncheck_target" not in props or (report.when != "call" and outcome == "passed"):
                 continue
-            target = props["bncheck_target"]
-            model = report.nodeid.split("::")[0]
-            label = f"{model} {'model' if target is None else layer_label(target)}"
-            counts.setdefault(label, dict.fromkeys(("passed", "failed", "skipped", "error"), 0))[outcome] += 1
-    if not counts:
+            model, _, item = report.nodeid.partition("::")
+            reports.setdefault(model, Report(model, "")).outcomes.append(
+                Outcome(item, props["bncheck_target"], status))
+    if not reports:
         return
     terminalreporter.section("bncheck summary")
-    for label, c in counts.items():
-        text = ", ".join(f"{n} {k}" for k, n in c.items() if n or k in ("passed", "failed"))
-        terminalreporter.line(f"{label}: {text}", red=bool(c["failed"] or c["error"]))
+    for model, report in reports.items():
+        for layer, counts in report.by_layer().items():
+            text = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k in ("passed", "failed"))
+            label = "model" if layer is None else layer_label(layer)
+            terminalreporter.line(f"{model} {label}: {text}", red=bool(counts["failed"]))
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,11 @@ import warnings
 import torch
 from torch import nn
 
-from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckWarning, one_line
+from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
 from bncheck.core.spec import Loaded
-from bncheck.core.tolerances import LOW_PRECISION
 from bncheck.run.plan import Case, Plan
 from bncheck.run.report import Outcome, Report
-from bncheck.run.settings import Settings
+from bncheck.run.settings import OPTIONS_BY_NAME, settings_from
 
 
 def run_case(case: Case) -> Outcome:
@@ -38,17 +37,20 @@ def run_plan(plan: Plan) -> Report:
     return Report(plan.spec, plan.header(), [run_case(case) for case in plan.cases()])
 
 
-def check_model(model: nn.Module, x=None, *, input_shape: tuple[int, ...] | None = None, batch_size: int = 8,
-                seed: int = 0, device: torch.device | str | None = None,
-                dtype: torch.dtype | tuple[torch.dtype, ...] = LOW_PRECISION,
-                strict: bool = False, torch_conformance: bool = False, name: str | None = None) -> Report:
+def check_model(model: nn.Module, x=None, *, name: str | None = None, **options) -> Report:
     """Every bncheck item on `model` (never changed: all runs happen on copies) with the example input x (a tensor,
-    or a tuple of a model's positional inputs), or a random batch of `input_shape` (one sample, without the batch
-    dim). `dtype`: the dtype check's low-precision dtype(s); every other check runs in the model's own. `strict`:
-    every warning fails; `torch_conformance`: differences from torch at the edges the contract does not fix fail.
-    Returns the Report; `report.assert_ok()` raises a BNCheckError listing every failure."""
-    settings = Settings(input_shape=input_shape, batch_size=batch_size, seed=seed,
-                        device=torch.device("cpu" if device is None else device),
-                        dtype=dtype if isinstance(dtype, tuple) else (dtype,), strict=strict,
-                        torch_conformance=torch_conformance)
-    return run_plan(Plan(Loaded(name or type(model).__name__, model, x), settings, shape_option="input_shape="))
+    or a tuple of a model's positional inputs), or a random batch of the `input_shape` option (one sample, without
+    the batch dim). `options` are the plugin's, by name and with its defaults (bncheck.run.options.OPTIONS:
+    input_shape, batch_size, device, dtype, seed, strict, torch_conformance, syncbn, convergence, data_root,
+    compile, export), as values or as the text the plugin takes. Returns the Report; `report.assert_ok()` raises a
+    BNCheckError listing every failure."""
+    unknown = sorted(set(options) - set(OPTIONS_BY_NAME))
+    if unknown:
+        raise BNCheckUsageError(f"check_model() has no option {', '.join(unknown)}; its options: "
+                                f"{', '.join(OPTIONS_BY_NAME)}")
+    if isinstance(options.get("dtype"), torch.dtype):
+        options["dtype"] = (options["dtype"],)
+    if isinstance(options.get("device"), torch.device):
+        options["device"] = str(options["device"])
+    settings = settings_from(options)
+    return run_plan(Plan(Loaded(name or type(model).__name__, model, x), settings))

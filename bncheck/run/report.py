@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from bncheck.core.errors import BNCheckError
 
+STATUSES = ("passed", "warned", "failed", "skipped")
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -50,11 +52,17 @@ class Report:
     def for_layer(self, layer: str | None) -> list[Outcome]:
         return [o for o in self.outcomes if o.layer == layer]
 
-    def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(("passed", "warned", "failed", "skipped"), 0)
-        for o in self.outcomes:
+    def counts(self, outcomes: list[Outcome] | None = None) -> dict[str, int]:
+        """Items by status (of `outcomes`, by default every one)."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for o in self.outcomes if outcomes is None else outcomes:
             counts[o.status] += 1
         return counts
+
+    def by_layer(self) -> dict[str | None, dict[str, int]]:
+        """counts() per layer (None: the model's own items), in the order the layers first ran."""
+        layers = dict.fromkeys(o.layer for o in self.outcomes)
+        return {layer: self.counts(self.for_layer(layer)) for layer in layers}
 
     def summary(self) -> str:
         """'209 items: 205 passed, 1 warned, 0 failed, 3 skipped'."""

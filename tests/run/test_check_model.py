@@ -10,6 +10,7 @@ from bncheck.checks import LAYER_CHECKS, MODEL_CHECKS
 from bncheck.checks.lints import LINTS
 from bncheck.core.state import Snapshot
 from bncheck.examples import seed_cnn
+from bncheck.run.settings import settings_from
 
 
 def test_check_model_runs_every_item_and_leaves_the_model_as_it_was():
@@ -63,3 +64,45 @@ def test_no_input_is_a_usage_error_in_the_library_s_own_words():
 
     with pytest.raises(BNCheckUsageError, match="no input shape: pass input_shape=C,H,W"):
         check_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+
+
+def test_check_model_takes_every_option_of_the_plugin_with_its_defaults(monkeypatch):
+    """One settings table: check_model's keywords are the plugin's options, defaults included (device auto)."""
+    from bncheck.run import check as check_module
+    from bncheck.run.options import OPTIONS
+
+    seen = []
+    monkeypatch.setattr(check_module, "run_plan", lambda plan: seen.append(plan.settings))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
+    check_model(model, input_shape=(3, 8, 8))
+    check_model(model, torch.randn(4, 3, 8, 8), batch_size="4", seed=3, device=torch.device("cpu"),
+                dtype=torch.bfloat16, strict=True, torch_conformance=True, compile=True, export=True)
+    default, given = seen
+    assert default == settings_from({"input_shape": (3, 8, 8)})  # every other option at the plugin's default
+    assert default.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert (given.batch_size, given.seed, given.dtype, given.strict, given.torch_conformance, given.compile,
+            given.export) == (4, 3, (torch.bfloat16,), True, True, True, True)
+    for option in OPTIONS:  # each one reaches its setting
+        given = {"input_shape": (3, 8, 8)}
+        given.setdefault(option.name, option.default)
+        check_model(model, **given)
+        assert seen[-1] == default, option.name
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"batch_sizes": 4}, "check_model() has no option batch_sizes; its options: input_shape, batch_size"),
+    ({"batch_size": 1}, "batch_size=1: must be at least 2"),
+    ({"device": "gpu0"}, "device=gpu0: "),
+])
+def test_a_bad_option_is_one_usage_error_naming_it(options, message):
+    from bncheck import BNCheckUsageError
+
+    with pytest.raises(BNCheckUsageError) as info:
+        check_model(nn.BatchNorm1d(3), torch.randn(4, 3), **options)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_an_opt_in_option_adds_its_item():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
+    report = check_model(model, torch.randn(4, 3, 8, 8), export=True)
+    assert report.outcomes[-1].name == "model_export" and report.outcomes[-1].status == "passed"
