@@ -5,6 +5,7 @@ or raises BNCheckError."""
 import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -140,10 +141,20 @@ def _fusable(producer: nn.Module, bn: nn.Module) -> bool:
                                               and producer.out_features == getattr(bn, "num_features", None))
 
 
+def _plain_weights(producer: nn.Module) -> nn.Module:
+    """`producer` (a copy) with each parametrization (weight_norm, spectral_norm, ...) baked into a plain parameter
+    of its current value: fusion writes the weight, which a parametrized module computes instead of holding. Its
+    outputs stay the same."""
+    if parametrize.is_parametrized(producer):
+        for name in list(producer.parametrizations):
+            parametrize.remove_parametrizations(producer, name, leave_parametrized=True)
+    return producer
+
+
 def _fused_outputs(producer: nn.Module, bn: nn.Module, x: torch.Tensor, dtype: torch.dtype):
     """(fused, unfused) eval outputs of producer → BN on x, on copies in `dtype`; the BN without its extension
     children (the activation of a BN + act layer): like is compared with like."""
-    p, b = clone(producer).to(dtype), without_extensions(clone(bn)).to(dtype)
+    p, b = _plain_weights(clone(producer)).to(dtype), without_extensions(clone(bn)).to(dtype)
     fused = (fuse_conv_bn_eval(p, b, transpose=isinstance(p, _ConvTransposeNd)) if isinstance(p, _ConvNd)
              else fuse_linear_bn_eval(p, b))
     with torch.no_grad():

@@ -12,6 +12,7 @@ from bncheck.core.discover import is_frozen, kind_of
 from bncheck.core.errors import BNCheckSkip, BNCheckUsageError
 from bncheck.core.probes import Probe, probes
 from bncheck.core.state import clone, copied, materialized, without_extensions
+from bncheck.core.tolerances import LOW_PRECISION
 
 DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.1
@@ -58,6 +59,11 @@ class LayerCase:
                                     f"{type(x).__name__ if not isinstance(x, torch.Tensor) else tuple(x.shape)}")
         if not bool(x.isfinite().all()):
             raise BNCheckUsageError(f"{self.name or 'layer'}: {nonfinite(x)}: the checks need a finite input")
+        # A layer held in half (a .half() or .bfloat16() model) is checked in float32: the checks judge its
+        # arithmetic against the oracle at float32's tolerance; the dtype check runs it on half inputs.
+        self.held_in = x.dtype
+        if x.dtype in LOW_PRECISION:
+            self.x = x = x.float()
         self.kind = kind_of(self.layer)
         self.frozen = is_frozen(self.layer)
         self.channels = x.shape[1]
@@ -111,6 +117,8 @@ class LayerCase:
         """A copy of the layer on x's device, lazy parameters materialized, extension children (activation,
         dropout of 'BN + act' layers) replaced by Identity, and γ, β, running stats set to non-trivial values."""
         twin = without_extensions(clone(self.layer).to(self.x.device))
+        if self.held_in in LOW_PRECISION:
+            twin.float()
         materialized(twin, self.x.detach()[:2].float())
         set_state(twin, self.state)
         with torch.no_grad():
