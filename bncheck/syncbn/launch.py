@@ -1,29 +1,28 @@
-"""Run a rank function in `world_size` real processes joined by torch.distributed on the loopback interface, and
-return each rank's result; the processes always end, whether a rank fails, raises, hangs or its parent dies."""
+"""Run a rank function in `world_size` processes started by torch's elastic launcher (torchrun's agent, c10d
+rendezvous on the loopback address) and return each rank's result. What torch does not do is here: an overall
+timeout, workers that exit when the checking process dies, and failures in one line."""
 
 import contextlib
 import datetime
-import multiprocessing
-import multiprocessing.connection
+import logging
 import os
 import pickle
-import queue
 import socket
 import sys
 import threading
 import time
-import traceback
+import uuid
 
 import torch
 
-from bncheck.core.errors import BNCheckError, one_line
+from bncheck.core.errors import BNCheckError
 
 __all__ = ["LOOPBACK", "RankError", "launch"]
 
 LOOPBACK = "127.0.0.1"
-_SHUTDOWN_GRACE = 5.0  # seconds a worker gets to exit after its report, and after SIGTERM, before SIGKILL
-_WORKER_GRACE = 15.0  # a worker past its parent's timeout by this much exits by itself
-_DEATH_GRACE = 2.0  # seconds to wait for the exit code of a rank that sent no report, once another rank failed
+TIMED_OUT = 70  # the exit code of a worker whose watchdog ended it at the run's deadline
+_ELASTIC_LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing",
+                    "torchelastic-events-null")
 
 
 class RankError(BNCheckError):
@@ -42,119 +41,77 @@ def _loopback_interface() -> str | None:
     return next((n for n in ("lo", "lo0") if n in names), None)
 
 
-# ---- the worker (one per rank) --------------------------------------------------------------------------------
+# ---- the worker (one per rank, started by the elastic agent) -------------------------------------------------
 
-def _exit_with_parent(deadline: float) -> None:
-    """Exit this worker when its parent process ends, or at `deadline` (time.monotonic()), whichever comes first."""
-    parent = multiprocessing.parent_process()
-    remaining = max(0.0, deadline - time.monotonic())
-    if parent is not None:
-        multiprocessing.connection.wait([parent.sentinel], timeout=remaining)
-    else:
-        time.sleep(remaining)
-    os._exit(70)
+def _watchdog(deadline: float, parent: int) -> None:
+    """End this worker at `deadline` (time.monotonic()) or as soon as its parent, the agent, is gone: a rank stuck
+    in a collective, or orphaned by a killed check, never outlives the check."""
+    while time.monotonic() < deadline and os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(TIMED_OUT)
 
 
-def _worker(rank: int, world_size: int, port: int, backend: str, rank_fn: bytes, payload: bytes, results,
-            timeout: float, sys_path: list[str], cwd: str):
-    threading.Thread(target=_exit_with_parent, args=(time.monotonic() + timeout + _WORKER_GRACE,), daemon=True).start()
+def _worker(backend: str, rank_fn: bytes, payload: bytes, seconds: float, sys_path: list[str], cwd: str) -> bytes:
+    """One rank: join the process group the agent's environment describes, run the rank function, return its
+    pickled result (bytes: the agent hands results back through a queue)."""
+    threading.Thread(target=_watchdog, args=(time.monotonic() + seconds, os.getppid()), daemon=True).start()
+
     import torch.distributed as dist
 
-    # A forkserver keeps the sys.path and cwd it started with: take the caller's current ones before unpickling.
-    sys.path[:] = sys_path
+    sys.path[:] = sys_path  # the caller's, for rank functions and factories imported from its path
     os.chdir(cwd)
-
-    os.environ.update(MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
     interface = _loopback_interface()
     if interface:  # keep gloo and nccl's bootstrap on the loopback interface
         os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
         os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
     torch.set_num_threads(1)
-    initialized = False
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
     try:
-        fn, data = pickle.loads(rank_fn), pickle.loads(payload)
-        device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        store = dist.TCPStore(LOOPBACK, port, world_size, is_master=False,
-                              timeout=datetime.timedelta(seconds=timeout))
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout))
-        initialized = True
-        report = (rank, "ok", pickle.dumps(fn(rank, world_size, device, data)))
-    except BaseException as exc:  # noqa: BLE001 -- everything goes to the parent, traceback included
-        report = (rank, "error", one_line(exc), traceback.format_exc())
-    results.put(report)
-    if initialized:
+        return pickle.dumps(pickle.loads(rank_fn)(rank, world_size, device, pickle.loads(payload)))
+    finally:
         with contextlib.suppress(RuntimeError, ValueError):  # a peer that died already: nothing left to tear down
             dist.destroy_process_group()
 
 
-# ---- the parent ---------------------------------------------------------------------------------------------------
+# ---- the caller ---------------------------------------------------------------------------------------------------
 
-def _start_method(requested: str | None) -> str:
-    if requested:
-        return requested
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-def _context(method: str):
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":  # the server imports torch once; each worker then starts in a fraction of a second
-        ctx.set_forkserver_preload(["torch", "torch.distributed", __name__])
-    return ctx
-
-
-def _shutdown(processes, patient: bool) -> None:
-    """Join every worker; terminate, then kill, any that is left. Never returns while one still runs."""
-    started = [p for p in processes if p.pid is not None]
-    if patient:
-        deadline = time.monotonic() + _SHUTDOWN_GRACE
-        for p in started:
-            p.join(timeout=max(0.0, deadline - time.monotonic()))
-    for signal_name in ("terminate", "kill"):
-        alive = [p for p in started if p.is_alive()]
-        for p in alive:
-            getattr(p, signal_name)()
-        deadline = time.monotonic() + _SHUTDOWN_GRACE
-        for p in alive:
-            p.join(timeout=max(0.0, deadline - time.monotonic()))
-    for p in started:
-        if p.is_alive():  # a process that survives SIGKILL (uninterruptible sleep): wait for it
-            p.join()
+@contextlib.contextmanager
+def _quiet_elastic():
+    """The agent logs every failure it handles at length; bncheck reports them in one line instead."""
+    loggers = [logging.getLogger(name) for name in _ELASTIC_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
-def _collect(processes, results, world_size: int, timeout: float, label: str) -> dict:
-    """Reports by rank; stops at the first report that is not a success (the other ranks may be stuck in a
-    collective), at a worker that died without reporting, or at the timeout."""
-    reports, deadline = {}, time.monotonic() + timeout
-    while len(reports) < world_size:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            missing = [r for r in range(world_size) if r not in reports]
-            raise BNCheckError(f"{label}: rank(s) {missing} of {world_size} did not finish within {timeout:g} s "
-                               f"(terminated). Likely cause: a collective that not every rank reaches, e.g. a "
-                               f"synchronization only some ranks run, or a process group that never formed")
-        try:
-            report = results.get(timeout=min(0.2, remaining))
-        except queue.Empty:
-            dead = [r for r, p in enumerate(processes) if r not in reports and p.exitcode is not None]
-            if dead:
-                try:  # a report sent just before the exit may still be in the pipe
-                    report = results.get(timeout=1.0)
-                except queue.Empty:
-                    r = dead[0]
-                    raise BNCheckError(f"{label}: rank {r} exited with code {processes[r].exitcode} without a "
-                                       f"report. Likely cause: the process crashed (out of memory, a signal, "
-                                       f"os._exit in user code), or it could not start (its function must be "
-                                       f"importable in a fresh process; see its stderr)") from None
-            else:
-                continue
-        reports[report[0]] = report
-        if report[1] != "ok":
-            break
-    return reports
+def _rank_error(failures: dict, world_size: int, seconds: float, label: str) -> BNCheckError:
+    """The one error a failed run is reported as: a rank that raised (its message and traceback), else the ranks the
+    watchdog ended at the deadline, else a rank that died without a report."""
+    raised = {rank: f for rank, f in failures.items() if isinstance(f.message, dict) and f.message.get("message")}
+    timed_out = sorted(rank for rank, f in failures.items() if f.exitcode == TIMED_OUT)
+    if raised:
+        rank = min(raised)
+        message = raised[rank].message["message"]
+        trace = raised[rank].message.get("extraInfo", {}).get("py_callstack", "")
+        tail = "".join(trace.strip().splitlines(keepends=True)[-6:])
+        return RankError(f"{label}: rank {rank} of {world_size} raised {message}\n{tail}", rank, message, trace)
+    if timed_out:
+        return BNCheckError(f"{label}: rank(s) {timed_out} of {world_size} did not finish within {seconds:g} s "
+                            f"(ended at the deadline, with its peers). Likely cause: a collective that not every rank reaches, e.g. a "
+                            f"synchronization only some ranks run, or a process group that never formed")
+    rank = min(failures)
+    return BNCheckError(f"{label}: rank {rank} exited with code {failures[rank].exitcode} without a report. Likely "
+                        f"cause: the process crashed (out of memory, a signal, os._exit in user code), or it could "
+                        f"not start (its function must be importable in a fresh process; see its stderr)")
 
 
 def launch(rank_fn, world_size: int, *, payload=None, backend: str = "gloo", timeout: float = 60.0,
@@ -162,48 +119,24 @@ def launch(rank_fn, world_size: int, *, payload=None, backend: str = "gloo", tim
     """`rank_fn(rank, world_size, device, payload)` in each of `world_size` processes, every one in a process group
     of `backend` ('gloo' on the CPU, or 'nccl' with rank r on cuda:r); returns the results in rank order.
 
+    The processes are torch.distributed.elastic's (elastic_launch, c10d rendezvous on 127.0.0.1, no restarts).
     rank_fn, payload and the results must be picklable (rank_fn a module-level function or a functools.partial of
-    one). Raises RankError (prefixed with `label`) when a rank raises, BNCheckError when one exits without a
-    report or the whole run takes longer than `timeout` seconds; every worker has ended by then.
-    start_method: multiprocessing start method (default forkserver, which imports torch once, else spawn).
+    one). Raises RankError (prefixed with `label`) when a rank raises, BNCheckError when one exits without a report
+    or the run takes longer than `timeout` seconds; every worker has ended by then, and a worker whose checking
+    process is killed ends by itself. start_method: 'spawn' (default), 'forkserver' or 'fork'.
     """
-    import torch.distributed as dist
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    # Bytes, not objects, cross the process boundary: multiprocessing would hand tensors over through shared
-    # memory that lives only as long as the sender, and a worker may exit before its report is read.
-    pickled_fn, pickled_payload = pickle.dumps(rank_fn), pickle.dumps(payload)
-    # The rendezvous store lives in this process, bound to port 0 on the loopback address: the OS picks a free
-    # port and no other process can take it between choosing and binding.
-    store = dist.TCPStore(LOOPBACK, 0, None, is_master=True, wait_for_workers=False,
-                          timeout=datetime.timedelta(seconds=timeout))
-    ctx = _context(_start_method(start_method))
-    results = ctx.Queue()
-    processes = []
-    reports = {}
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world_size, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint=f"{LOOPBACK}:0", local_addr=LOOPBACK, max_restarts=0,
+                          monitor_interval=0.1, start_method=start_method or "spawn", rdzv_timeout=int(timeout) + 1)
+    # Bytes, not objects, cross the process boundary: tensors would travel through shared memory that lives only as
+    # long as the sender, and a worker exits right after its result is sent.
+    args = (backend, pickle.dumps(rank_fn), pickle.dumps(payload), float(timeout), list(sys.path), os.getcwd())
     try:
-        for rank in range(world_size):
-            processes.append(ctx.Process(target=_worker, name=f"bncheck-rank{rank}", daemon=True,
-                                         args=(rank, world_size, store.port, backend, pickled_fn, pickled_payload,
-                                               results, timeout, list(sys.path), os.getcwd())))
-            processes[-1].start()
-        reports = _collect(processes, results, world_size, timeout, label)
-        # A rank that died silently makes its peers' collectives fail: that rank, not theirs, is the news. Its
-        # peer may report the failure before the dead process is reaped, hence the short wait for its exit code.
-        for r, p in enumerate(processes):
-            if r not in reports:
-                p.join(timeout=_DEATH_GRACE)
-        # Exit code 0: the rank did report (a failure of its own, left unread after the first), it did not crash.
-        crashed = {r: p.exitcode for r, p in enumerate(processes) if r not in reports and p.exitcode not in (None, 0)}
-    finally:
-        complete = len(reports) == world_size and all(r[1] == "ok" for r in reports.values())
-        _shutdown(processes, patient=complete)
-        results.close()
-        results.cancel_join_thread()
-        del store
-    for rank, report in sorted(reports.items()):
-        if report[1] == "error":
-            tail = "".join(report[3].strip().splitlines(keepends=True)[-6:])
-            first = "".join(f"rank {r} exited with code {code} without a report, then " for r, code in crashed.items())
-            raise RankError(f"{label}: {first}rank {rank} of {world_size} raised {report[2]}\n{tail}",
-                            rank, report[2], report[3])
-    return [pickle.loads(reports[rank][2]) for rank in range(world_size)]
+        with _quiet_elastic():
+            results = elastic_launch(config, _worker)(*args)
+    except ChildFailedError as exc:
+        raise _rank_error(exc.failures, world_size, timeout, label) from None
+    return [pickle.loads(results[rank]) for rank in range(world_size)]
