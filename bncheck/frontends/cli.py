@@ -1,6 +1,7 @@
 """`python -m bncheck check SPEC [--input-shape C,H,W]`: every check on one model, without pytest;
 `python -m bncheck bench SPEC [--input-shape C,H,W]`: the throughput benchmarks
-(bncheck.frontends.bench_cli) as a table."""
+(bncheck.frontends.bench_cli) as a table;
+`torchrun --nproc-per-node=G -m bncheck syncbn SPEC`: the SyncBN check across the ranks of a torchrun job."""
 
 import argparse
 import shlex
@@ -35,6 +36,39 @@ def check(args) -> int:
     return 0 if report.ok else 1
 
 
+def syncbn(args) -> int:
+    from bncheck.run.cluster import check_on_cluster, cluster_verdict
+
+    settings = settings_from({"input_shape": args.input_shape, "batch_size": args.batch_size, "seed": args.seed})
+    report = check_on_cluster(args.spec, settings, convert=True if args.convert else None)
+    if report is not None:  # rank 0
+        print(report)
+        counts = report.counts()
+        print(f"{counts['failed']} failed" if counts["failed"] else "all checks passed" if counts["passed"] else
+              "no layer could be checked here: each one skipped, saying why")
+    return 0 if cluster_verdict(report) else 1
+
+
+def _syncbn_parser(sub) -> None:
+    p = sub.add_parser("syncbn", help="the SyncBN check across the ranks of a torchrun job",
+                       description="Run under torchrun, one process per rank (e.g. torchrun --nnodes=N "
+                                   "--nproc-per-node=G -m bncheck syncbn SPEC): each rank runs its own batch through "
+                                   "each synchronized BN layer of the model (or, when it has none, each torch BN layer "
+                                   "converted to nn.SyncBatchNorm), and rank 0 compares every rank's output, "
+                                   "gradients and running statistics with one BN over the whole gathered batch. nccl "
+                                   "on GPUs (one per local rank), gloo on the CPU.",
+                       epilog="exit status on every rank: 0 every layer passed (or skipped, saying why), 1 a layer "
+                              "failed, 2 bad input. Example: torchrun --standalone --nproc-per-node=2 -m bncheck "
+                              "syncbn bncheck.examples:seed_cnn")
+    p.add_argument("spec", help="the model, as for the check command")
+    p.add_argument("--convert", action="store_true", help="also convert torch's BN layers to nn.SyncBatchNorm when "
+                   "the model has synchronized layers of its own (default: only when it has none)")
+    for name in ("input_shape", "batch_size", "seed"):
+        option = next(o for o in OPTIONS if o.name == name)
+        p.add_argument(f"--{option.dashed()}", dest=option.name, help=option.help, metavar=option.metavar)
+    p.set_defaults(func=syncbn)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bncheck", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +85,7 @@ def main(argv=None) -> int:
         p.add_argument(f"--{option.dashed()}", dest=option.name, help=option.help, **kwargs)
     p.set_defaults(func=check)
     bench_cli.add_subparser(sub)
+    _syncbn_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

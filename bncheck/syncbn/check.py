@@ -11,7 +11,7 @@ from bncheck.core.state import clone
 from bncheck.syncbn.compare import build_setup, compare, run_rank
 from bncheck.syncbn.launch import RankError, launch
 
-__all__ = ["GPU_ONLY_MESSAGE", "assert_syncbn_matches"]
+__all__ = ["GPU_ONLY_MESSAGE", "assert_syncbn_matches", "probed", "torch_syncbn_skip"]
 
 GPU_ONLY_MESSAGE = "SyncBatchNorm expected input tensor to be on GPU"
 
@@ -55,7 +55,7 @@ def _check_arguments(module_factory, world_size: int, steps: int, timeout: float
                                 f"local function ({one_line(exc)})") from exc
 
 
-def _probe(module_factory) -> nn.Module:
+def probed(module_factory) -> nn.Module:
     """A copy of the module the factory returns, to inspect and set state on (the factory may return a shared
     module)."""
     probe = module_factory()
@@ -67,20 +67,28 @@ def _probe(module_factory) -> nn.Module:
 def _device_type(device, probe: nn.Module, label: str, world_size: int) -> str:
     """The device type the workers use, 'cpu' or 'cuda' (`device` None: 'cuda' for torch's nn.SyncBatchNorm when
     available); BNCheckSkip when the layer or the world size cannot run on it."""
-    torch_sync = _uses_torch_syncbn(probe)
     if device is None:
-        device = "cuda" if torch_sync and torch.cuda.is_available() else "cpu"
+        device = "cuda" if _uses_torch_syncbn(probe) and torch.cuda.is_available() else "cpu"
     device = torch.device(device).type
-    if device == "cpu" and torch_sync:
-        reason = "this machine has no CUDA device" if not torch.cuda.is_available() else "device='cpu' was asked for"
-        raise BNCheckSkip(f"{label}: torch's nn.SyncBatchNorm rejects CPU input under a process group "
-                          f"('{GPU_ONLY_MESSAGE} ...'), and {reason}")
+    skip = torch_syncbn_skip(probe, device, label)
+    if skip is not None:
+        raise BNCheckSkip(skip)
     if device == "cuda" and torch.cuda.device_count() < world_size:
         raise BNCheckSkip(f"{label}: world_size {world_size} needs {world_size} CUDA device(s) (nccl, one process "
                           f"per GPU), found {torch.cuda.device_count()}")
     if device not in ("cpu", "cuda"):
         raise BNCheckUsageError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return device
+
+
+def torch_syncbn_skip(probe: nn.Module, device: str, label: str) -> str | None:
+    """Why the layer cannot be checked on `device` ('cpu' or 'cuda'): torch's nn.SyncBatchNorm rejects CPU input
+    under a process group; None where it can."""
+    if device != "cpu" or not _uses_torch_syncbn(probe):
+        return None
+    reason = "this machine has no CUDA device" if not torch.cuda.is_available() else "device='cpu' was asked for"
+    return (f"{label}: torch's nn.SyncBatchNorm rejects CPU input under a process group ('{GPU_ONLY_MESSAGE} ...'), "
+            f"and {reason}")
 
 
 def _sample_shape(probe: nn.Module, sample_shape, label: str) -> tuple[int, ...]:
@@ -131,7 +139,7 @@ def assert_syncbn_matches(module_factory, world_size: int = 2, *, batch_sizes=No
     that is not positive, or batch_sizes that leave a rank without samples.
     """
     _check_arguments(module_factory, world_size, steps, timeout)
-    probe = _probe(module_factory)
+    probe = probed(module_factory)
     label = name or type(probe).__name__
     device = _device_type(device, probe, label, world_size)
     sample_shape = _sample_shape(probe, sample_shape, label)

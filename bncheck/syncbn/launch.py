@@ -106,8 +106,9 @@ def _rank_error(failures: dict, world_size: int, seconds: float, label: str) -> 
         return RankError(f"{label}: rank {rank} of {world_size} raised {message}\n{tail}", rank, message, trace)
     if timed_out:
         return BNCheckError(f"{label}: rank(s) {timed_out} of {world_size} did not finish within {seconds:g} s "
-                            f"(ended at the deadline, with its peers). Likely cause: a collective that not every rank reaches, e.g. a "
-                            f"synchronization only some ranks run, or a process group that never formed")
+                            f"(ended at the deadline, with its peers). Likely cause: a collective that not every "
+                            f"rank reaches, e.g. a synchronization only some ranks run, or a process group that never "
+                            f"formed")
     rank = min(failures)
     return BNCheckError(f"{label}: rank {rank} exited with code {failures[rank].exitcode} without a report. Likely "
                         f"cause: the process crashed (out of memory, a signal, os._exit in user code), or it could "
