@@ -57,7 +57,7 @@ def assert_eval_state(module: nn.Module, x, *, name: str = "", seed: int = 0) ->
     before = Snapshot.of(twin)
     with torch.no_grad():
         forward(twin, x)
-    changed = before.differences(twin)
+    changed = [c for c in before.differences(twin) if not _observed(twin, c)]
     if changed:
         raise fail(f"{name or type(module).__name__}, eval mode", f"a forward changed the model: "
                    f"{'; '.join(changed[:5])}", "a BN layer updates its running statistics outside train mode")
@@ -65,6 +65,32 @@ def assert_eval_state(module: nn.Module, x, *, name: str = "", seed: int = 0) ->
 
 # documented aliases: the item ids' names for a whole model, and the former names
 assert_model_eval_state = assert_eval_no_state_change = assert_eval_state_unchanged = assert_eval_state
+
+
+# torch.ao.quantization's observers and fake-quantizers update their statistics in eval mode by design (they follow
+# observer_enabled, not .training): their state is not BN's, and they are frozen before outputs are compared.
+_OBSERVERS = (torch.ao.quantization.ObserverBase, torch.ao.quantization.FakeQuantizeBase)
+
+
+def _observed(model: nn.Module, change: str) -> bool:
+    """Whether a Snapshot difference ("state_dict['a.b.scale'] changed") is a quantization observer's state."""
+    key = change.split("'")[1] if "'" in change else ""
+    owner = key.rsplit(".", 1)[0] if "." in key else ""
+    try:
+        return isinstance(model.get_submodule(owner), _OBSERVERS)
+    except AttributeError:
+        return False
+
+
+def _observers_frozen(model: nn.Module, x) -> nn.Module:
+    """`model` (a copy in eval mode) with its quantization observers, if any, frozen after one forward on x, as
+    QAT's evaluation freezes them (torch.ao.quantization.disable_observer): each forward would re-quantize with
+    scales of its own batch otherwise."""
+    if any(isinstance(m, _OBSERVERS) for m in model.modules()):
+        with torch.no_grad():
+            forward(model, x)
+        model.apply(torch.ao.quantization.disable_observer)
+    return model
 
 
 def _layer_eval_state(layer, x, *, name: str, seed: int) -> None:
@@ -88,21 +114,38 @@ def _batch_size(x) -> int | None:
     return first.shape[0] if first is not None and first.dim() >= 2 else None
 
 
+def _batched(t, n: int) -> bool:
+    return isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == n
+
+
 def _sample(x, i: int, n: int):
     """Sample i of the batch x alone (every tensor argument with batch dim n sliced to i:i+1)."""
     if isinstance(x, tuple):
         return tuple(_sample(t, i, n) for t in x)
-    return x[i:i + 1] if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] == n else x
+    return x[i:i + 1] if _batched(x, n) else x
 
 
-def _per_sample(model: nn.Module, x, n: int) -> list[list[torch.Tensor]]:
-    """The model's floating-point outputs on a batch of n, per sample: slices of batched tensors, or the i-th
-    element of a per-sample list (a detector's list of dicts)."""
+def _indexes_the_batch(x, n: int) -> int | None:
+    """The position of an integer tensor argument without the batch dim (a graph's edge_index (2, E) over n nodes):
+    it refers to samples by index, so the samples are not independent; None when there is none."""
+    args = x if isinstance(x, tuple) else (x,)
+    return next((k for k, t in enumerate(args) if isinstance(t, torch.Tensor) and not t.is_floating_point()
+                 and not t.is_complex() and t.dtype != torch.bool and not _batched(t, n)), None)
+
+
+def _per_sample(model: nn.Module, x, n: int, keep: list[int] | None = None) -> tuple[list[list[torch.Tensor]], list]:
+    """(the model's floating-point outputs on a batch of n, per sample; which outputs those are): slices of the
+    outputs with the batch dim (`keep`: these leaves, as the batch run chose them; a batch-level scalar such as an
+    auxiliary loss has no sample of its own), or the i-th element of a per-sample list (a detector's list of
+    dicts)."""
     with torch.no_grad():
         out = forward(model, x)
     if isinstance(out, (list, tuple)) and len(out) == n and not any(isinstance(o, torch.Tensor) for o in out):
-        return [float_leaves(o) for o in out]
-    return [[t[i:i + 1] for t in float_leaves(out)] for i in range(n)]
+        return [float_leaves(o) for o in out], []
+    leaves = float_leaves(out)
+    if keep is None:
+        keep = [k for k, t in enumerate(leaves) if _batched(t, n)]
+    return [[leaves[k][i:i + 1] for k in keep if k < len(leaves)] for i in range(n)], keep
 
 
 _BATCH_STATS_IN_EVAL = ("eval mode still uses batch statistics somewhere (a layer left in train mode, a functional "
@@ -119,8 +162,8 @@ def _in_float64(model: nn.Module, x, like: list[list[torch.Tensor]]) -> list[lis
     its outputs are not shaped `like` the float32 ones."""
     as64 = lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
     try:
-        outs = _per_sample(clone(model).double().eval(), tuple(map(as64, x)) if isinstance(x, tuple) else as64(x),
-                           len(like))
+        outs, _ = _per_sample(clone(model).double().eval(), tuple(map(as64, x)) if isinstance(x, tuple) else as64(x),
+                              len(like))
     except Exception:  # any failure only means there is no float64 reference
         return None
     return outs if _shapes(outs) == _shapes(like) else None
@@ -146,16 +189,24 @@ def _eval_single_sample(model: nn.Module, x, *, name: str, seed: int, samples: i
         if getattr(bn, "running_mean", None) is None:
             raise BNCheckSkip(f"{where}: {bn_name or 'the layer'} has track_running_stats=False, so eval mode "
                               "normalizes with batch statistics and samples are not independent by design")
+    indexing = _indexes_the_batch(x, n)
+    if indexing is not None:
+        raise BNCheckSkip(f"{where}: input {indexing} is an integer tensor without the batch dim (a graph's "
+                          f"edge_index, say): it relates the samples by index, so one alone is not the same input "
+                          f"(a graph's nodes are not independent samples)")
     if find_batchnorms(model).keys() == {""}:
         twin = LayerCase(model, name, x, seed).fresh()
     else:
-        twin = clone(model)
+        twin = _observers_frozen(clone(model).eval(), x)
     twin.eval()
-    batch = _per_sample(twin, x, n)
+    batch, keep = _per_sample(twin, x, n)
+    if batch and not batch[0]:
+        raise BNCheckSkip(f"{where}: no floating-point output has the batch dim {n}: there is no per-sample output "
+                          f"to compare")
     precise = functools.cache(lambda: _in_float64(twin, x, batch))  # only a failing comparison needs it
     for i in range(min(samples, n)):
         try:
-            (alone,) = _per_sample(twin, _sample(x, i, n), 1)
+            (alone,), _ = _per_sample(twin, _sample(x, i, n), 1, keep)
         except Exception as exc:  # "Expected more than 1 value per channel when training": batch statistics
             raise fail(where, f"eval mode, sample {i} alone raised {one_line(exc)}", _BATCH_STATS_IN_EVAL) from exc
         if [a.shape for a in alone] != [b.shape for b in batch[i]]:

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from planted.correct import BatchNormAct2d
-from planted.layers import StridesIgnored, build
+from planted.layers import EvalBatchMean, StridesIgnored, build
+from planted.layers import EvalUsesBatchStats as EvalUsesBatchStatsBN
 from planted.models import (
     EvalEpsOutsideSqrtAct,
     EvalMovesRunningMean,
@@ -17,6 +18,8 @@ from planted.models import (
     PartlyNaN,
     RoundsWithTheBatch,
     StatsAsAttributes,
+    TrainIgnoredBN,
+    net,
 )
 from plugin_runs import outcomes_by_id
 from torch import nn
@@ -36,6 +39,7 @@ from bncheck import (
     assert_non_contiguous,
     assert_state_dict_roundtrip,
 )
+from bncheck import check_model as bncheck_report
 from bncheck.core.state import Snapshot
 from bncheck.core.tolerances import Tolerance
 
@@ -230,3 +234,108 @@ def test_non_contiguous_inputs_are_compared_in_float64_where_the_layer_runs_in_i
     layer, probe = build(StridesIgnored)
     with pytest.raises(BNCheckError, match=r"transposed \(non-contiguous, strides .*, float64\)"):
         assert_non_contiguous(layer, probe, name="mutant")
+
+
+# 11. real libraries' model shapes (the zoo beyond torchvision and timm) -------------------------------------------
+
+class TinyGNN(nn.Module):
+    """torch_geometric's layout: node features (N, F), an int64 edge_index (2, E), message passing, then BN."""
+
+    def __init__(self, bn: nn.Module):
+        super().__init__()
+        self.lin, self.bn = nn.Linear(16, 8, bias=False), bn
+
+    def forward(self, x, edge_index):
+        h = self.lin(x)
+        src, dst = edge_index
+        return self.bn(h.clone().index_add_(0, dst, h[src])).relu()
+
+
+def _ring(n: int) -> torch.Tensor:
+    ring = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n])
+    return torch.cat([ring, ring.flip(0)], 1)
+
+
+def test_a_graph_input_is_passed_whole_and_one_node_alone_is_not_a_sample():
+    model, inputs = TinyGNN(nn.BatchNorm1d(8)), (_x(8, 16), _ring(8))
+    report = bncheck_report(model, inputs)
+    assert report.failures == [] and inputs[1].dtype == torch.int64
+    [skip] = [o for o in report.skips if o.name == "model_eval_single_sample"]
+    assert "integer tensor without the batch dim" in skip.message
+    with pytest.raises(BNCheckError):  # the per-layer item still sees batch statistics in eval
+        LAYER_CHECKS["eval_single_sample"](build(EvalBatchMean)[0], build(EvalBatchMean)[1], name="gnn")
+
+
+class WithBatchLoss(nn.Module):
+    """(logits, a batch-level auxiliary loss), as pytorch-tabnet's TabNet returns."""
+
+    def __init__(self, bn: nn.Module):
+        super().__init__()
+        self.fc, self.bn = nn.Linear(16, 4, bias=False), bn
+
+    def forward(self, x):
+        y = self.bn(self.fc(x))
+        return y, y.pow(2).mean()
+
+
+def test_a_batch_level_output_is_left_out_of_the_single_sample_comparison():
+    assert_eval_single_sample(WithBatchLoss(nn.BatchNorm1d(4)), _x(8, 16))
+    mutant = WithBatchLoss(nn.BatchNorm1d(4, track_running_stats=False))  # batch statistics in eval
+    with pytest.raises((BNCheckError, BNCheckSkip)):
+        assert_eval_single_sample(mutant, _x(8, 16))
+    broken = WithBatchLoss(EvalUsesBatchStatsBN(4))
+    with pytest.raises(BNCheckError, match="output differs"):
+        assert_eval_single_sample(broken, _x(8, 16))
+
+
+def _qat(after: nn.Module) -> nn.Module:
+    """torch's own quantization-aware training: conv-bn-relu fused (fuse_modules_qat) and prepared (prepare_qat),
+    then `after` (left as it is: fusion takes torch's own classes only)."""
+    from torch.ao import quantization as tq
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+            self.conv, self.bn, self.relu = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+            self.after = after
+
+        def forward(self, x):
+            return self.dequant(self.after(self.relu(self.bn(self.conv(self.quant(x))))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = M().train()
+    tq.fuse_modules_qat(model, [["conv", "bn", "relu"]], inplace=True)
+    model.qconfig = tq.get_default_qat_qconfig("fbgemm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation notices of eager-mode QAT
+        return tq.prepare_qat(model, inplace=True)
+
+
+def test_quantization_observers_updating_in_eval_are_not_blamed_on_bn():
+    report = bncheck_report(_qat(nn.Identity()), _x(8, 3, 16, 16))
+    assert report.failures == [] and report.counts()["passed"] >= 20
+    moving = _qat(EvalMovesRunningMean(8))  # a BN that does move in eval, inside the same QAT model
+    with pytest.raises(BNCheckError, match="running_mean"):
+        assert_eval_no_state_change(moving, _x(8, 3, 16, 16))
+
+
+def _vanishing(gamma: float) -> nn.Module:
+    """16 conv→BN→ReLU blocks whose γ start at `gamma` (transformers' EfficientNet initializes γ ~ N(0, 0.02))."""
+    torch.manual_seed(0)
+    blocks = [m for _ in range(16) for m in (nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())]
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.weight.fill_(gamma)
+    return model
+
+
+def test_a_signal_that_vanishes_before_the_output_skips_train_vs_eval_and_a_mode_blind_bn_still_fails():
+    from bncheck import assert_model_train_vs_eval
+
+    with pytest.raises(BNCheckSkip, match="the same for every sample"):
+        assert_model_train_vs_eval(_vanishing(0.0), _x(8, 3, 8, 8))
+    with pytest.raises(BNCheckError, match="identical"):
+        assert_model_train_vs_eval(net(TrainIgnoredBN(4)), _x(8, 3, 8, 8))
