@@ -172,14 +172,23 @@ def pytest_report_header(config):
 
 
 class BNCheckItem(pytest.Item):
-    def __init__(self, *, case, **kwargs):
+    def __init__(self, *, case, profile: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.case = case
+        self.case, self.profile = case, profile
         self.add_marker("bncheck")
         self.user_properties.append(("bncheck_target", case.layer))
 
     def runtest(self):
-        self.case.run()
+        if not self.profile:
+            self.case.run()
+            return
+        from bncheck.core.passes import counted
+
+        with counted() as passes:
+            try:
+                self.case.run()
+            finally:  # a property travels to an xdist controller with the report
+                self.user_properties.append(("bncheck_passes", vars(passes).copy()))
 
     def repr_failure(self, excinfo, style=None):
         from bncheck.core.errors import BNCheckError, BNCheckUsageError
@@ -200,7 +209,8 @@ class BNCheckModel(pytest.Collector):
     def collect(self):
         # An explicit string nodeid: pytest parses it the way its cache parses stored ids ("check[layer]" has
         # params "layer"), so --lf and --ff match these items.
-        return [BNCheckItem.from_parent(self, name=case.name, nodeid=f"{self.nodeid}::{case.name}", case=case)
+        return [BNCheckItem.from_parent(self, name=case.name, nodeid=f"{self.nodeid}::{case.name}", case=case,
+                                        profile=self.plan.settings.profile)
                 for case in self.plan.cases()]
 
 
@@ -256,6 +266,28 @@ def pytest_terminal_summary(terminalreporter, config):
             text = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k in ("passed", "failed"))
             label = "model" if layer is None else layer_label(layer)
             terminalreporter.line(f"{model} {label}: {text}", red=bool(counts["failed"]))
+    _profile_summary(terminalreporter)
+
+
+def _profile_summary(terminalreporter) -> None:
+    """With --bncheck-profile: the passes of every model's items, in all and by check (the most first)."""
+    from bncheck.core.passes import Passes
+
+    totals: dict[str, Passes] = {}
+    by_check: dict[str, dict[str, Passes]] = {}
+    for report in (r for reports in terminalreporter.stats.values() for r in reports):
+        props = dict(getattr(report, "user_properties", ()))
+        if "bncheck_passes" not in props or getattr(report, "when", "call") != "call":
+            continue
+        model, _, item = report.nodeid.partition("::")
+        passes = Passes(**props["bncheck_passes"])
+        totals.setdefault(model, Passes()).__iadd__(passes)
+        by_check.setdefault(model, {}).setdefault(item.split("[")[0], Passes()).__iadd__(passes)
+    for model, total in totals.items():
+        terminalreporter.line(f"{model} passes: {total}")
+        ranked = sorted(by_check[model].items(), key=lambda kv: (-kv[1].model_forward, -kv[1].backward, kv[0]))
+        terminalreporter.line(f"{model} whole-model forward / backward passes by check: " + ", ".join(
+            f"{check} {p.model_forward}/{p.backward}" for check, p in ranked if p.model_forward or p.backward))
 
 
 @pytest.fixture(scope="session")

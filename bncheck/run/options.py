@@ -125,6 +125,8 @@ OPTIONS = (
            "eval output (item model_compile; a first compilation takes tens of seconds on a CPU)", False),
     Option("export", "also check the model under torch.export against eager: the exported eval program's output "
            "and running statistics (item model_export)", False),
+    Option("profile", "count each item's whole-model forward passes, backward passes and BN-layer forwards, summed "
+           "per model and per check in the summary", False),
 )
 
 # The benchmarks' own knobs (the plugin's benchmark items, `python -m bncheck bench`); the model, input, device and

@@ -25,6 +25,7 @@ class Settings:
     data_root: str | None = None  # Fashion-MNIST for the convergence item (else a built-in data set)
     compile: bool = False  # also the model_compile item: torch.compile against eager
     export: bool = False  # also the model_export item: torch.export against eager eval
+    profile: bool = False  # count each item's passes (bncheck.core.passes)
 
     def __post_init__(self):
         if self.batch_size < 2:  # whoever builds Settings, the one rule for every front end

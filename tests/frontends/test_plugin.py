@@ -490,6 +490,15 @@ def test_examples_seed_cnn_passes(pytester, _lazy_torch_imports):
     assert result.ret == 0
 
 
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_profile_sums_every_items_passes_per_model_and_by_check(bnmodels, xdist):
+    result = bnmodels.runpytest_subprocess("--bncheck-model=bnmodels:net", "--bncheck-profile", *xdist)
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    result.stdout.fnmatch_lines([
+        "bncheck[[]bnmodels:net[]] passes: * whole-model forward passes, * backward passes, * BN-layer forwards",
+        "bncheck[[]bnmodels:net[]] whole-model forward / backward passes by check: model_eval_single_sample 5/0, *"])
+
+
 VGG = ["--bncheck-model=torchvision.models:vgg11_bn", "--bncheck-input-shape=3,32,32"]
 
 
