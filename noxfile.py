@@ -60,22 +60,36 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def zoo(session: nox.Session) -> None:
-    """Every bncheck item on every BN model of torchvision, timm and EfficientNet-PyTorch (pytest -m zoo), then
-    docs/ZOO.md from the results (arguments after -- go to pytest, e.g. -k resnet)."""
+    """Every bncheck item on every BN model of the zoo's libraries (pytest -m zoo), then docs/ZOO.md from the
+    results. After --: `--quick` runs catalog.quick_ids() (each library's cheap models, minutes) and writes
+    .zoo/ZOO-quick.md instead; `--split=K/M` runs the K-th of M interleaved parts of the sorted model list (part 1
+    clears .zoo/, each part renders docs/ZOO.md from every result so far: after part M it has them all); the
+    other arguments go to pytest, e.g. -k resnet."""
     import shutil
     import time
 
-    _install(session, "test")
-    results = Path(".zoo")
-    shutil.rmtree(results, ignore_errors=True)
+    _install(session, "test,zoo")
+    args = list(session.posargs)
+    quick = "--quick" in args
+    split = next((a.split("=", 1)[1] for a in args if a.startswith("--split=")), "")
+    args = [a for a in args if a != "--quick" and not a.startswith("--split=")]
+    # ultralytics: no DNS probe at import, its settings file under .zoo/ rather than ~/.config
+    env = {"YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str((Path(".zoo") / "ultralytics").absolute())}
+    results = Path(".zoo") / "quick" if quick else Path(".zoo")
+    if split:
+        env["BNCHECK_ZOO_SPLIT"] = split
+    if quick:
+        env["BNCHECK_ZOO_QUICK"] = "1"
+    if not split or split.startswith("1/"):
+        shutil.rmtree(results, ignore_errors=True)
+    env["BNCHECK_ZOO_RESULTS"] = str(results)
+    page = str(Path(".zoo") / "ZOO-quick.md") if quick else "docs/ZOO.md"
     start = time.perf_counter()
     try:
-        session.run("pytest", "-m", "zoo", "tests/zoo", "-n", "2", "-q", "-rs",
-                    *session.posargs, env={"BNCHECK_ZOO_RESULTS": str(results)})
+        session.run("pytest", "-m", "zoo", "tests/zoo", "-n", "2", "-q", "-rs", *args, env=env)
     finally:
-        session.run("python", "-m", "tests.zoo.report", str(results), "docs/ZOO.md",
-                    str(round(time.perf_counter() - start)))
-    session.log("docs/ZOO.md written")
+        session.run("python", "-m", "tests.zoo.report", str(results), page, str(round(time.perf_counter() - start)))
+    session.log(f"{page} written")
 
 
 @nox.session(python=PYTHON, default=False)

@@ -13,6 +13,7 @@ from torch import nn
 from bncheck.core import shortcuts
 from bncheck.core.errors import BNCheckUsageError, one_line
 from bncheck.core.state import private_rng
+from bncheck.core.wrappers import unwrapped
 
 SYNTAX = "'module.path:attribute', 'torchvision:NAME' or 'timm:NAME', each optionally with (key=literal, ...)"
 
@@ -24,6 +25,10 @@ class Loaded:
     example_input: object  # a tensor or tuple of tensors, or None when the user gave none
     input_shape: tuple[int, ...] | None = None  # one sample's shape as the model's library states it
     shape_source: str = "the example input"  # where example_input, else input_shape, came from (for the header)
+
+    def __post_init__(self):
+        # the model inside a DataParallel or torch.compile wrapper is what bncheck checks; TorchScript is refused
+        object.__setattr__(self, "model", unwrapped(self.model, self.spec))
 
 
 def _named(option: str | None, value: str) -> str:

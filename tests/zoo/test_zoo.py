@@ -1,6 +1,6 @@
-"""The zoo: every bncheck item on every BN model of torchvision, timm and EfficientNet-PyTorch must pass (no
-false alarms on correct code). `nox -s zoo` runs it all (-m zoo) and writes docs/ZOO.md; the models of
-catalog.QUICK run in the default suite.
+"""The zoo: every bncheck item on every BN model of torchvision, timm, EfficientNet-PyTorch and the other libraries of
+the catalog must pass (no false alarms on correct code). `nox -s zoo` runs it all (-m zoo) and writes docs/ZOO.md,
+`nox -s zoo -- --quick` only catalog.quick_ids(); the models of catalog.QUICK run in the default suite.
 
 With BNCHECK_ZOO_RESULTS=DIR each model's result is also written to DIR/<id>.json, for tests/zoo/report.py."""
 
@@ -15,10 +15,16 @@ from . import catalog, run
 
 def pytest_generate_tests(metafunc):
     # Surveying the zoo builds every candidate model (15 s): only where the zoo tests are selected.
+    # BNCHECK_ZOO_QUICK=1 (nox -s zoo -- --quick): catalog.quick_ids(), each library in minutes.
     if "zoo_model" in metafunc.fixturenames:
         expression = metafunc.config.option.markexpr or ""
         selected = "zoo" in expression.replace("not zoo", "")
-        metafunc.parametrize("zoo_model", sorted(zm.id for zm in catalog.zoo()) if selected else [])
+        ids = sorted(catalog.quick_ids() if os.environ.get("BNCHECK_ZOO_QUICK") else [zm.id for zm in catalog.zoo()])
+        split = os.environ.get("BNCHECK_ZOO_SPLIT")  # K/M (nox -s zoo -- --split=K/M): every M-th model from the K-th
+        if split:
+            part, parts = map(int, split.split("/"))
+            ids = ids[part - 1::parts]
+        metafunc.parametrize("zoo_model", ids if selected else [])
 
 
 def _check(model_id: str) -> None:
@@ -53,6 +59,16 @@ def test_the_zoo_covers_the_libraries():
     assert {"torchvision", "timm", "efficientnet_pytorch"} <= libraries, libraries
     assert sum(zm.library == "timm" for zm in models) >= 30
     assert sum(zm.library == "torchvision" for zm in models) >= 60
+
+
+@pytest.mark.zoo
+def test_the_zoo_covers_the_other_libraries_also_when_quick():
+    # the zoo extra installs them all; the quick subset keeps at least one model of each
+    quick = set(catalog.quick_ids())
+    for library, models in catalog.OTHER_LIBRARIES.items():
+        ids = [zm.id for zm in models()]
+        assert ids, f"{library}: no model (is it installed? pip install -e .[zoo])"
+        assert quick & set(ids), f"{library}: no model in the quick subset"
 
 
 def test_the_report_lists_every_model_and_counts_the_failures():
