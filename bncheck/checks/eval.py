@@ -8,13 +8,13 @@ from torch import nn
 
 from bncheck.checks.registry import check
 from bncheck.core import oracle
-from bncheck.core.capture import float_leaves, forward
+from bncheck.core.capture import eval_run, float_leaves, forward
 from bncheck.core.compare import check_close, fail
 from bncheck.core.discover import find_batchnorms
 from bncheck.core.errors import BNCheckSkip, BNCheckUsageError, assertion_helper, one_line
 from bncheck.core.harness import LayerCase, layer_case, params, run
 from bncheck.core.reference import torch_output
-from bncheck.core.state import Snapshot, clone, materialized
+from bncheck.core.state import Snapshot, clone
 from bncheck.core.threads import one_thread, single_threaded
 from bncheck.core.tolerances import tolerance_for
 
@@ -53,11 +53,8 @@ def assert_eval_state(module: nn.Module, x, *, name: str = "", seed: int = 0) ->
         with one_thread():
             _layer_eval_state(module, x, name=name, seed=seed)
         return
-    twin = materialized(clone(module), x).eval()
-    before = Snapshot.of(twin)
-    with torch.no_grad():
-        forward(twin, x)
-    changed = [c for c in before.differences(twin) if not _observed(twin, c)]
+    run = eval_run(module, x)
+    changed = [c for c in run.changed if not _observed(run.before, c)]
     if changed:
         raise fail(f"{name or type(module).__name__}, eval mode", f"a forward changed the model: "
                    f"{'; '.join(changed[:5])}", "a BN layer updates its running statistics outside train mode")
@@ -83,13 +80,12 @@ def _observed(model: nn.Module, change: str) -> bool:
 
 
 def _observers_frozen(model: nn.Module, x) -> nn.Module:
-    """`model` (a copy in eval mode) with its quantization observers, if any, frozen after one forward on x, as
-    QAT's evaluation freezes them (torch.ao.quantization.disable_observer): each forward would re-quantize with
-    scales of its own batch otherwise."""
-    if any(isinstance(m, _OBSERVERS) for m in model.modules()):
-        with torch.no_grad():
-            forward(model, x)
-        model.apply(torch.ao.quantization.disable_observer)
+    """`model` (a copy in eval mode) with its quantization observers frozen after one forward on x, as QAT's
+    evaluation freezes them (torch.ao.quantization.disable_observer): each forward would re-quantize with scales
+    of its own batch otherwise."""
+    with torch.no_grad():
+        forward(model, x)
+    model.apply(torch.ao.quantization.disable_observer)
     return model
 
 
@@ -139,7 +135,11 @@ def _per_sample(model: nn.Module, x, n: int, keep: list[int] | None = None) -> t
     auxiliary loss has no sample of its own), or the i-th element of a per-sample list (a detector's list of
     dicts)."""
     with torch.no_grad():
-        out = forward(model, x)
+        return _split(forward(model, x), n, keep)
+
+
+def _split(out, n: int, keep: list[int] | None = None) -> tuple[list[list[torch.Tensor]], list]:
+    """_per_sample's split of one batch's output `out`."""
     if isinstance(out, (list, tuple)) and len(out) == n and not any(isinstance(o, torch.Tensor) for o in out):
         return [float_leaves(o) for o in out], []
     leaves = float_leaves(out)
@@ -195,11 +195,15 @@ def _eval_single_sample(model: nn.Module, x, *, name: str, seed: int, samples: i
                           f"edge_index, say): it relates the samples by index, so one alone is not the same input "
                           f"(a graph's nodes are not independent samples)")
     if find_batchnorms(model).keys() == {""}:
-        twin = LayerCase(model, name, x, seed).fresh()
-    else:
+        twin = LayerCase(model, name, x, seed).fresh().eval()
+        batch, keep = _per_sample(twin, x, n)
+    elif any(isinstance(m, _OBSERVERS) for m in model.modules()):
         twin = _observers_frozen(clone(model).eval(), x)
-    twin.eval()
-    batch, keep = _per_sample(twin, x, n)
+        batch, keep = _per_sample(twin, x, n)
+    else:  # the shared eval pass of the unchanged model gives the batch's outputs
+        run = eval_run(model, x)
+        twin = clone(run.captured.twin)
+        batch, keep = _split(run.captured.output, n)
     if batch and not batch[0]:
         raise BNCheckSkip(f"{where}: no floating-point output has the batch dim {n}: there is no per-sample output "
                           f"to compare")

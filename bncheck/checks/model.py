@@ -10,7 +10,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bncheck.checks.registry import check
-from bncheck.core.capture import capture, float_leaves, forward
+from bncheck.core.capture import eval_run, float_leaves, forward
 from bncheck.core.compare import check_close, fail, matches
 from bncheck.core.discover import find_batchnorms, is_frozen
 from bncheck.core.errors import BNCheckSkip, assertion_helper
@@ -54,9 +54,9 @@ def assert_model_train_vs_eval(model: nn.Module, x, *, name: str = "") -> None:
     if not bns or all(getattr(m, "running_mean", None) is None for m in bns.values()):
         raise BNCheckSkip(f"{_title(model, name)}: no BN layer that trains with running statistics")
     # Only the BN layers train: dropout or other mode-dependent layers must not make the outputs differ for them.
-    base = _twin(model, x)
-    eval_out = _run(clone(base), x, train=False)
-    twin = base.eval()  # our own copy: it may train now
+    run = eval_run(model, x)
+    eval_out = float_leaves(run.captured.output)
+    twin = clone(run.before)  # our own copy: it may train now
     for bn_name in bns:
         twin.get_submodule(bn_name).train()
     train_out = _run(twin, x, train=None)
@@ -190,8 +190,8 @@ def assert_model_fusion(model: nn.Module, x, *, name: str = "") -> None:
 
     Checked pair by pair on each producer's real input (its first FUSION_SAMPLES samples), so it holds for any
     model, not only fx-traceable ones."""
-    twin = _twin(model, x).eval()
-    seen = capture(twin, x)
+    run = eval_run(model, x)
+    twin, seen = run.before, run.captured
     pairs = []
     for bn_name, producer_name in seen.producers.items():
         producer, bn = twin.get_submodule(producer_name), twin.get_submodule(bn_name)

@@ -1,5 +1,7 @@
-"""One forward pass of a model, on a copy, recording each BN layer's real input and who produced it."""
+"""One forward pass of a model, on a copy, recording each BN layer's real input and who produced it; and the one
+eval-mode pass the model checks share (eval_run)."""
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +11,8 @@ from torch.utils._pytree import tree_leaves
 
 from bncheck.core.discover import find_batchnorms
 from bncheck.core.errors import BNCheckUsageError, one_line
-from bncheck.core.state import clone
+from bncheck.core.harness import fingerprint
+from bncheck.core.state import Snapshot, clone, materialized
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class Capture:
     producers: dict[str, str]
     producer_inputs: dict[str, torch.Tensor]
     output: object
+    twin: nn.Module  # the copy that ran (its state after the pass)
 
 
 def float_leaves(out) -> list[torch.Tensor]:
@@ -81,4 +85,32 @@ def capture(model: nn.Module, example_input, *, train: bool | None = None) -> Ca
     finally:
         for h in handles:
             h.remove()
-    return Capture(inputs, producers, producer_inputs, output)
+    return Capture(inputs, producers, producer_inputs, output, twin)
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """One eval-mode forward of a copy of a model on its example input, which the model checks that read an
+    unchanged model's eval pass share (eval state, train vs eval, one sample vs the batch, fusion)."""
+
+    before: nn.Module  # the eval copy, Lazy parameters materialized, never run: copy it to run it
+    captured: Capture  # what the pass saw (BN inputs, producers and their inputs, the output, the copy that ran)
+    changed: list[str]  # what the pass changed in its copy (Snapshot differences)
+
+
+_RUNS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def eval_run(model: nn.Module, example_input) -> EvalRun:
+    """The EvalRun of `model` on `example_input`, made once while neither changed (every check of a plan gets the
+    same work copy and example): each check that needs an eval pass of its own no longer runs one."""
+    key = (fingerprint(model), tuple(t._version for t in tree_leaves(example_input) if isinstance(t, torch.Tensor)))
+    cached = _RUNS.get(model)
+    if cached is not None and cached[0] == key and cached[1] is example_input:
+        return cached[2]
+    before = materialized(clone(model), example_input).eval()
+    snapshot = Snapshot.of(before)
+    captured = capture(before, example_input)
+    run = EvalRun(before, captured, snapshot.differences(captured.twin))
+    _RUNS[model] = (key, example_input, run)
+    return run

@@ -140,7 +140,7 @@ class LayerCase:
 _CASES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _fingerprint(layer: nn.Module) -> tuple:
+def fingerprint(layer: nn.Module) -> tuple:
     """What a LayerCase is built from, beside the input: every tensor's identity and version counter (bumped by
     any in-place change) and the plain attributes (eps, momentum, ...)."""
     tensors = tuple((name, t.data_ptr(), t._version) for name, t in layer.state_dict(keep_vars=True).items()
@@ -153,7 +153,7 @@ def layer_case(layer: nn.Module, name: str, x: torch.Tensor, seed: int = 0) -> L
     """LayerCase(layer, name, x, seed), shared by the checks that run one after another on the same layer and input
     while neither changed: building one (a prepared copy, the probes) is what checks of small layers spend most on,
     and every check works on copies of its template."""
-    key = (name, seed, _fingerprint(layer))
+    key = (name, seed, fingerprint(layer))
     cached = _CASES.get(layer)
     if cached is not None and cached[0] == key and cached[1] is x and cached[2] == x._version:
         return cached[3]

@@ -15,6 +15,9 @@ def clone(module):
     that holds tensors (an ExportedProgram)."""
     if not isinstance(module, nn.Module):
         return copy.deepcopy(module)
+    from bncheck.core.wrappers import refuse_scripted  # every check copies first: a library call is refused too
+
+    refuse_scripted(module, type(module).__name__)
     memo = {}
     for p in module.parameters():
         if is_lazy(p):

@@ -24,6 +24,11 @@ def unwrapped(model: nn.Module, name: str) -> nn.Module:
     inner = _inner(model)
     while inner is not None:
         model, inner = inner, _inner(inner)
+    return refuse_scripted(model, name)
+
+
+def refuse_scripted(model: nn.Module, name: str) -> nn.Module:
+    """`model`, unless it is or holds TorchScript: then the one-line BNCheckUsageError naming `name`."""
     import torch.jit
 
     scripted = next((n for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)

@@ -87,3 +87,22 @@ def test_an_installed_bncheck_costs_a_pytest_run_under_a_tenth_of_a_second(tmp_p
     print(f"one-test pytest run: {statistics.median(with_bncheck):.2f} s with bncheck, "
           f"{statistics.median(without):.2f} s with -p no:bncheck: {cost:+.3f} s")
     assert cost < 0.1, (with_bncheck, without)
+
+
+RESNET50_MODEL_PASSES = 12  # whole-model forward passes of one resnet50 run, the plan's own capture included
+
+
+@pytest.mark.timing
+def test_a_resnet50_run_stays_within_its_budget_of_whole_model_passes():
+    """A count, not a time, but a resnet50 run is a bench-session cost: the model checks share their eval pass
+    (bncheck.core.capture.eval_run), so that 858 items cost at most RESNET50_MODEL_PASSES forwards of the model."""
+    from bncheck import check_model
+    from bncheck.core.passes import counted
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = torchvision.models.resnet50()
+    with counted() as passes:
+        report = check_model(model, input_shape=(3, 64, 64), device="cpu")
+    assert report.ok and len(report.outcomes) == 858
+    assert passes.model_forward <= RESNET50_MODEL_PASSES, passes

@@ -373,3 +373,13 @@ def test_the_plugin_refuses_torchscript_in_one_line(pytester, _lazy_torch_import
     pytester.syspathinsert()
     result = pytester.runpytest("--bncheck-model=realstates:scripted", "-p", "no:warnings")
     assert_usage_error(result, "realstates:scripted", "TorchScript", "pass the nn.Module")
+
+
+def test_a_check_called_on_torchscript_directly_is_the_same_one_line_error(one_thread):
+    from bncheck import assert_model_fusion
+
+    model, x = torchscript()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(BNCheckUsageError, match="TorchScript .* pass the nn.Module"):
+            assert_model_fusion(model, x)
