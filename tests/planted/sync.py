@@ -197,3 +197,29 @@ def raising_rank(rank: int, world_size: int, device: torch.device, payload) -> i
     if rank == 1:
         raise ValueError(f"planted failure, payload {payload!r}")
     return all_reduced_rank(rank, world_size, device, payload)
+
+
+# The text of a spec module of models holding these layers, for the plugin and torchrun tests to write and name
+# (`syncmodels:scratch`); it imports them from here.
+SPEC_MODULE = """
+import torch
+from torch import nn
+from planted.sync import SumSyncBatchNorm, AveragedVarianceSyncBatchNorm
+
+def _model(bn):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), bn, nn.ReLU())
+    model.example_input = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    return model
+
+def scratch():
+    return _model(SumSyncBatchNorm(4))
+
+def averaged():
+    return _model(AveragedVarianceSyncBatchNorm(4))
+
+def torch_sync():
+    return _model(nn.SyncBatchNorm(4))
+
+def plain():
+    return _model(nn.BatchNorm2d(4))
+"""

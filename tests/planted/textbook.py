@@ -70,16 +70,12 @@ class PaperBatchNorm(nn.Module):
         return x_hat * self.weight.view(_shape(x)) + self.bias.view(_shape(x))
 
 
-class FunctionalBatchNorm(nn.Module):
-    """F.batch_norm on its own buffers, with its own train flag: what a library's 'custom BN' often is."""
+class FunctionalBatchNorm(PaperBatchNorm):
+    """F.batch_norm on its own buffers, with its own train flag and batch counter: what a library's 'custom BN'
+    often is."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
-        super().__init__()
-        self.eps, self.momentum = eps, momentum
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
+        super().__init__(num_features, eps, momentum)
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         self.track_running_stats = True
 

@@ -5,34 +5,17 @@ Run here with torchrun --standalone --nproc-per-node=2 on gloo and the CPU; nccl
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from planted.sync import SPEC_MODULE
 
 from bncheck.run.cluster import TORCHRUN
 
-MODELS = textwrap.dedent("""
-    import torch
-    from torch import nn
-    from planted.sync import AveragedVarianceSyncBatchNorm, SumSyncBatchNorm
-
-    def _model(bn):
-        model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), bn, nn.ReLU())
-        model.example_input = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
-        return model
-
-    def scratch():
-        return _model(SumSyncBatchNorm(4))
-
-    def averaged():
-        return _model(AveragedVarianceSyncBatchNorm(4))
-""")
-
 
 def _torchrun(tmp_path, spec: str, *args: str) -> subprocess.CompletedProcess:
-    (tmp_path / "clustermodels.py").write_text(MODELS)
+    (tmp_path / "clustermodels.py").write_text(SPEC_MODULE)
     tests = str(Path(__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), tests, os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "bncheck",

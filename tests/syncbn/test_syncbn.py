@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -288,33 +287,9 @@ def test_workers_exit_when_the_checking_process_is_killed(tmp_path):
 
 # ---- the plugin: a synchronized BN is an item of its own ---------------------------------------------------------
 
-PLUGIN_MODELS = textwrap.dedent("""
-    import torch
-    from torch import nn
-    from planted.sync import SumSyncBatchNorm, AveragedVarianceSyncBatchNorm
-
-    def _model(bn):
-        model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), bn, nn.ReLU())
-        model.example_input = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
-        return model
-
-    def scratch():
-        return _model(SumSyncBatchNorm(4))
-
-    def averaged():
-        return _model(AveragedVarianceSyncBatchNorm(4))
-
-    def torch_sync():
-        return _model(nn.SyncBatchNorm(4))
-
-    def plain():
-        return _model(nn.BatchNorm2d(4))
-""")
-
-
 @pytest.fixture
 def syncmodels(pytester):
-    pytester.makepyfile(syncmodels=PLUGIN_MODELS)
+    pytester.makepyfile(syncmodels=sync_layers.SPEC_MODULE)
     pytester.syspathinsert()
     return pytester
 
