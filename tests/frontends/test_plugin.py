@@ -496,7 +496,7 @@ def test_profile_sums_every_items_passes_per_model_and_by_check(bnmodels, xdist)
     assert result.ret == 0, result.stdout.str()[-2000:]
     result.stdout.fnmatch_lines([
         "bncheck[[]bnmodels:net[]] passes: * whole-model forward passes, * backward passes, * BN-layer forwards",
-        "bncheck[[]bnmodels:net[]] whole-model forward / backward passes by check: model_eval_single_sample 5/0, *"])
+        "bncheck[[]bnmodels:net[]] whole-model forward / backward passes by check: model_eval_single_sample *"])
 
 
 VGG = ["--bncheck-model=torchvision.models:vgg11_bn", "--bncheck-input-shape=3,32,32"]
