@@ -105,10 +105,10 @@ def _rank_error(failures: dict, world_size: int, seconds: float, label: str) -> 
         tail = "".join(trace.strip().splitlines(keepends=True)[-6:])
         return RankError(f"{label}: rank {rank} of {world_size} raised {message}\n{tail}", rank, message, trace)
     if timed_out:
-        return BNCheckError(f"{label}: rank(s) {timed_out} of {world_size} did not finish within {seconds:g} s "
-                            f"(ended at the deadline, with its peers). Likely cause: a collective that not every "
-                            f"rank reaches, e.g. a synchronization only some ranks run, or a process group that never "
-                            f"formed")
+        return BNCheckError(f"{label}: the {world_size} ranks did not finish within {seconds:g} s (rank(s) "
+                            f"{timed_out} ended at the deadline first, then its peers). Likely cause: a collective "
+                            f"that not every rank reaches, e.g. a synchronization only some ranks run, or a process "
+                            f"group that never formed")
     rank = min(failures)
     return BNCheckError(f"{label}: rank {rank} exited with code {failures[rank].exitcode} without a report. Likely "
                         f"cause: the process crashed (out of memory, a signal, os._exit in user code), or it could "
