@@ -202,8 +202,8 @@ def _eval_single_sample(model: nn.Module, x, *, name: str, seed: int, samples: i
         batch, keep = _per_sample(twin, x, n)
     else:  # the shared eval pass of the unchanged model gives the batch's outputs
         run = eval_run(model, x)
-        twin = clone(run.captured.twin)
-        batch, keep = _split(run.captured.output, n)
+        twin = clone(run.before)
+        batch, keep = _split(run.output, n)
     if batch and not batch[0]:
         raise BNCheckSkip(f"{where}: no floating-point output has the batch dim {n}: there is no per-sample output "
                           f"to compare")

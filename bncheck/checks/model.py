@@ -17,8 +17,6 @@ from bncheck.core.errors import BNCheckSkip, assertion_helper
 from bncheck.core.state import clone, materialized, without_extensions
 from bncheck.core.tolerances import FUSION, tolerance_for
 
-FUSION_SAMPLES = 2  # fusion is per sample in eval mode: two samples of each producer's real input show it
-
 
 def _run(model: nn.Module, x, *, train: bool | None, grad: bool = False) -> list[torch.Tensor]:
     """The floating-point outputs of `model` on x (None: in the modes its modules are in)."""
@@ -55,7 +53,7 @@ def assert_model_train_vs_eval(model: nn.Module, x, *, name: str = "") -> None:
         raise BNCheckSkip(f"{_title(model, name)}: no BN layer that trains with running statistics")
     # Only the BN layers train: dropout or other mode-dependent layers must not make the outputs differ for them.
     run = eval_run(model, x)
-    eval_out = float_leaves(run.captured.output)
+    eval_out = float_leaves(run.output)
     twin = clone(run.before)  # our own copy: it may train now
     for bn_name in bns:
         twin.get_submodule(bn_name).train()
@@ -188,21 +186,21 @@ def _fused_pair(producer: nn.Module, bn: nn.Module, x: torch.Tensor):
 def assert_model_fusion(model: nn.Module, x, *, name: str = "") -> None:
     """Each conv/linear → BN pair, fused for inference (torch.nn.utils.fusion), gives the unfused eval output.
 
-    Checked pair by pair on each producer's real input (its first FUSION_SAMPLES samples), so it holds for any
+    Checked pair by pair on each producer's real input (its first EVAL_RUN_SAMPLES samples), so it holds for any
     model, not only fx-traceable ones."""
     run = eval_run(model, x)
-    twin, seen = run.before, run.captured
+    twin = run.before
     pairs = []
-    for bn_name, producer_name in seen.producers.items():
+    for bn_name, producer_name in run.producers.items():
         producer, bn = twin.get_submodule(producer_name), twin.get_submodule(bn_name)
-        if getattr(bn, "running_mean", None) is None or producer_name not in seen.producer_inputs:
+        if getattr(bn, "running_mean", None) is None or producer_name not in run.producer_inputs:
             continue
         if _fusable(producer, bn):
             pairs.append((producer_name, bn_name, producer, bn))
     if not pairs:
         raise BNCheckSkip(f"{_title(model, name)}: no conv/linear → BN pair with running statistics to fuse")
     for producer_name, bn_name, producer, bn in pairs:
-        got, expected, tol = _fused_pair(producer, bn, seen.producer_inputs[producer_name][:FUSION_SAMPLES])
+        got, expected, tol = _fused_pair(producer, bn, run.producer_inputs[producer_name])
         check_close(got, expected, where=f"{_title(model, name)}: {producer_name} fused with {bn_name}",
                     quantity="eval output, fused vs unfused", tol=tol, axes=("sample", "channel"),
                     cause=f"{bn_name} in eval mode is not the affine map (x − running_mean)/sqrt(running_var + "
