@@ -14,7 +14,7 @@ from bncheck.core.discover import find_batchnorms
 from bncheck.core.errors import BNCheckSkip, BNCheckUsageError, assertion_helper, one_line
 from bncheck.core.harness import LayerCase, layer_case, params, run
 from bncheck.core.reference import torch_output
-from bncheck.core.state import Snapshot, clone
+from bncheck.core.state import Snapshot, clone, materialized
 from bncheck.core.threads import one_thread, single_threaded
 from bncheck.core.tolerances import tolerance_for
 
@@ -54,7 +54,7 @@ def assert_eval_state(module: nn.Module, x, *, name: str = "", seed: int = 0) ->
             _layer_eval_state(module, x, name=name, seed=seed)
         return
     run = eval_run(module, x)
-    changed = [c for c in run.changed if not _observed(run.before, c)]
+    changed = [c for c in run.changed if not _observed(module, c)]
     if changed:
         raise fail(f"{name or type(module).__name__}, eval mode", f"a forward changed the model: "
                    f"{'; '.join(changed[:5])}", "a BN layer updates its running statistics outside train mode")
@@ -202,7 +202,7 @@ def _eval_single_sample(model: nn.Module, x, *, name: str, seed: int, samples: i
         batch, keep = _per_sample(twin, x, n)
     else:  # the shared eval pass of the unchanged model gives the batch's outputs
         run = eval_run(model, x)
-        twin = clone(run.before)
+        twin = materialized(clone(model), x).eval()
         batch, keep = _split(run.output, n)
     if batch and not batch[0]:
         raise BNCheckSkip(f"{where}: no floating-point output has the batch dim {n}: there is no per-sample output "

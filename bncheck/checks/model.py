@@ -54,7 +54,7 @@ def assert_model_train_vs_eval(model: nn.Module, x, *, name: str = "") -> None:
     # Only the BN layers train: dropout or other mode-dependent layers must not make the outputs differ for them.
     run = eval_run(model, x)
     eval_out = float_leaves(run.output)
-    twin = clone(run.before)  # our own copy: it may train now
+    twin = _twin(model, x).eval()  # our own copy: only its BN layers train now
     for bn_name in bns:
         twin.get_submodule(bn_name).train()
     train_out = _run(twin, x, train=None)
@@ -189,7 +189,7 @@ def assert_model_fusion(model: nn.Module, x, *, name: str = "") -> None:
     Checked pair by pair on each producer's real input (its first EVAL_RUN_SAMPLES samples), so it holds for any
     model, not only fx-traceable ones."""
     run = eval_run(model, x)
-    twin = run.before
+    twin = _twin(model, x).eval()
     pairs = []
     for bn_name, producer_name in run.producers.items():
         producer, bn = twin.get_submodule(producer_name), twin.get_submodule(bn_name)

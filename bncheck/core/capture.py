@@ -95,9 +95,8 @@ EVAL_RUN_SAMPLES = 2  # samples of each producer's input an EvalRun keeps (fusio
 class EvalRun:
     """One eval-mode forward of a copy of a model on its example input, which the model checks that read an
     unchanged model's eval pass share (eval state, train vs eval, one sample vs the batch, fusion). It keeps what
-    they read and no activation beyond it: a plan holds it as long as it lives."""
+    they read, no copy of the model and no activation beyond it: a plan holds it as long as it lives."""
 
-    before: nn.Module  # the eval copy, Lazy parameters materialized, never run: copy it to run it
     output: object
     producers: dict[str, str]  # BN layer -> the conv/linear whose output it normalizes
     producer_inputs: dict[str, torch.Tensor]  # conv/linear -> its first EVAL_RUN_SAMPLES input samples
@@ -117,7 +116,7 @@ def eval_run(model: nn.Module, example_input) -> EvalRun:
     before = materialized(clone(model), example_input).eval()
     snapshot = Snapshot.of(before)
     captured = capture(before, example_input)
-    run = EvalRun(before, captured.output, captured.producers,
+    run = EvalRun(captured.output, captured.producers,
                   {name: x[:EVAL_RUN_SAMPLES].clone() for name, x in captured.producer_inputs.items()},
                   snapshot.differences(captured.twin))
     _RUNS[model] = (key, example_input, run)
