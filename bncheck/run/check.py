@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from bncheck.core.errors import BNCheckError, BNCheckSkip, BNCheckUsageError, BNCheckWarning, one_line
+from bncheck.core.passes import counted
 from bncheck.core.spec import Loaded
 from bncheck.run.plan import Case, Plan
 from bncheck.run.report import Outcome, Report
@@ -33,8 +34,12 @@ def run_case(case: Case) -> Outcome:
 
 
 def run_plan(plan: Plan) -> Report:
-    """Every item of `plan`, in order."""
-    return Report(plan.spec, plan.header(), [run_case(case) for case in plan.cases()])
+    """Every item of `plan`, in order; with the profile setting, the passes they ran in `Report.passes`."""
+    if not plan.settings.profile:
+        return Report(plan.spec, plan.header(), [run_case(case) for case in plan.cases()])
+    with counted() as passes:
+        outcomes = [run_case(case) for case in plan.cases()]
+    return Report(plan.spec, plan.header(), outcomes, passes)
 
 
 def check_model(model: nn.Module, x=None, *, name: str | None = None, **options) -> Report:
@@ -42,7 +47,7 @@ def check_model(model: nn.Module, x=None, *, name: str | None = None, **options)
     or a tuple of a model's positional inputs), or a random batch of the `input_shape` option (one sample, without
     the batch dim). `options` are the plugin's, by name and with its defaults (bncheck.run.options.OPTIONS:
     input_shape, batch_size, device, dtype, seed, strict, torch_conformance, syncbn, convergence, data_root,
-    compile, export), as values or as the text the plugin takes. Returns the Report; `report.assert_ok()` raises a
+    compile, export, profile), as values or as the text the plugin takes. Returns the Report; `report.assert_ok()` raises a
     BNCheckError listing every failure."""
     unknown = sorted(set(options) - set(OPTIONS_BY_NAME))
     if unknown:

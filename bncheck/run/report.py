@@ -29,6 +29,7 @@ class Report:
     spec: str
     header: str
     outcomes: list[Outcome] = field(default_factory=list)
+    passes: object = None  # with the profile option: the run's Passes (bncheck.core.passes), else None
 
     def having(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -80,4 +81,4 @@ class Report:
         for o in self.outcomes:
             detail = o.message or " | ".join(o.warnings)
             lines.append(f"{o.status.upper()[:4]:4}  {o.name}" + (f"\n      {detail}" if detail else ""))
-        return "\n".join([*lines, self.summary()])
+        return "\n".join([*lines, self.summary()] + ([f"passes: {self.passes}"] if self.passes is not None else []))

@@ -106,3 +106,11 @@ def test_an_opt_in_option_adds_its_item():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
     report = check_model(model, torch.randn(4, 3, 8, 8), export=True)
     assert report.outcomes[-1].name == "model_export" and report.outcomes[-1].status == "passed"
+
+
+def test_the_profile_option_counts_the_runs_passes_into_the_report():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
+    report = check_model(model, torch.randn(4, 3, 8, 8), profile=True)
+    assert report.passes.model_forward >= 5 and report.passes.layer_forward > 50
+    assert str(report).endswith(f"passes: {report.passes}")
+    assert check_model(model, torch.randn(4, 3, 8, 8)).passes is None
