@@ -47,8 +47,8 @@ def check_model(model: nn.Module, x=None, *, name: str | None = None, **options)
     or a tuple of a model's positional inputs), or a random batch of the `input_shape` option (one sample, without
     the batch dim). `options` are the plugin's, by name and with its defaults (bncheck.run.options.OPTIONS:
     input_shape, batch_size, device, dtype, seed, strict, torch_conformance, syncbn, convergence, data_root,
-    compile, export, profile), as values or as the text the plugin takes. Returns the Report; `report.assert_ok()` raises a
-    BNCheckError listing every failure."""
+    compile, export, profile), as values or as the text the plugin takes. Returns the Report;
+    `report.assert_ok()` raises a BNCheckError listing every failure."""
     unknown = sorted(set(options) - set(OPTIONS_BY_NAME))
     if unknown:
         raise BNCheckUsageError(f"check_model() has no option {', '.join(unknown)}; its options: "
